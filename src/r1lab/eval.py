@@ -1,0 +1,150 @@
+"""Evaluate a saved model on checkable prompts: `python -m r1lab.eval model_dir=<dir> [template=chat] [k=4]`.
+
+Samples k completions per prompt (R1's evaluation: T=0.6, top-p 0.95) with the configured rollout engine and reports
+pass@1, cons@k, format compliance, language mixing, truncation and length, overall and pass@1 per task. Writes
+metrics.json, metrics.md and samples.jsonl to the run directory. The `template` group decides how prompts are rendered
+(R1-Zero text or chat template), where the answer is read from and which format reward applies.
+Simplified: one process; the whole evaluation set is generated in one `generate` call (batched inside the engine).
+"""
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from r1lab.dataio import read_rows
+from r1lab.hf import load_model, load_tokenizer
+from r1lab.metrics import EvalMetrics, score_group
+from r1lab.rewards import CHECK_FAILURES
+from r1lab.rollout import RolloutEngine, SamplingConfig
+from r1lab.utils import ROOT, set_root
+
+set_root()
+
+COLUMNS = {"prompt": str, "answer": (str, int, float)}  # optional: task (str), numbers (list of int, for countdown), id
+
+
+@dataclass
+class Template:
+    """How a stage talks to the model: render(prompt, tokenizer) -> text, extract(text) -> answer, format_reward."""
+
+    render: Callable[..., str]
+    extract: Callable[[str], str | None]
+    format_reward: Callable[[list[str]], list[float]]
+
+
+def check_rows(rows: list[dict]) -> None:
+    """Fail before generating if a countdown row cannot be checked (it needs its list of numbers)."""
+    for i, row in enumerate(rows):
+        if row.get("task") == "countdown" and not isinstance(row.get("numbers"), list):
+            raise ValueError(f"row {i} (id {row.get('id')!r}): task 'countdown' needs a 'numbers' list, "
+                             f"got {type(row.get('numbers')).__name__}")
+
+
+def spread(rows: list, limit: int | None) -> list:
+    """`limit` rows evenly spaced through `rows` (test files are grouped by task), in order; all if limit is None.
+
+    >>> spread(list(range(10)), 3), spread([1, 2], None), spread([1, 2], 5)
+    ([0, 3, 6], [1, 2], [1, 2])
+    """
+    if limit is None or limit >= len(rows):
+        return list(rows)
+    return [rows[i * len(rows) // limit] for i in range(limit)]
+
+
+def evaluate(model_dir: str, rows: list[dict], template: Template, rollout_factory: Callable[..., RolloutEngine],
+             sampling: SamplingConfig, k: int, dtype: str = "float32", language: str = "en",
+             n_samples: int = 8) -> dict:
+    """Generate k completions per row and score them.
+
+    rollout_factory(model=, tokenizer=) -> engine (e.g. a partial of HFRollout). Returns {"metrics": name -> value,
+    "speed": generation timing, "samples": the completions of the first `n_samples` prompts}.
+    """
+    check_rows(rows)
+    tokenizer = load_tokenizer(model_dir)
+    engine = rollout_factory(model=load_model(model_dir, dtype).eval(), tokenizer=tokenizer)
+    prompts = [template.render(row["prompt"], tokenizer=tokenizer) for row in rows]
+    failures_before = sum(CHECK_FAILURES.values())
+    start = time.perf_counter()
+    groups = engine.generate(prompts, replace(sampling, n=k))                     # [len(rows)][k]
+    seconds = time.perf_counter() - start
+    metrics, samples = EvalMetrics(k), []
+    for i, (row, group) in enumerate(zip(rows, groups, strict=True)):
+        texts = [c.text for c in group]
+        scores = score_group(texts, [len(c.token_ids) for c in group], [c.finished for c in group], row,
+                             template.extract, template.format_reward, language)
+        metrics.update(scores, task=row.get("task"))
+        if i < n_samples:
+            samples += [{"id": row.get("id", i), "prompt": prompts[i], "answer": row["answer"], "completion": c.text,
+                         "extracted": template.extract(c.text), "finished": c.finished} for c in group]
+    tokens = sum(len(c.token_ids) for group in groups for c in group)
+    failures = sum(CHECK_FAILURES.values()) - failures_before
+    result = metrics.compute() | {"prompts": len(rows), "check_failures": failures}
+    speed = {"generate_s": round(seconds, 3), "tokens": tokens, "tokens_per_s": round(tokens / max(seconds, 1e-9), 1)}
+    return {"metrics": result, "speed": speed, "samples": samples}
+
+
+def _cell(value) -> str:
+    """One table cell: floats with three decimals.
+
+    >>> _cell(0.12345), _cell(7), _cell(None)
+    ('0.123', '7', '-')
+    """
+    if value is None:
+        return "-"
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def metrics_table(rows: dict[str, dict]) -> str:
+    """A markdown table, one row per model name, one column per metric (union over models, first-seen order).
+
+    >>> print(metrics_table({"base": {"pass@1": 0.25}, "cold_start": {"pass@1": 0.5, "format": 1.0}}))
+    | model | pass@1 | format |
+    |---|---|---|
+    | base | 0.250 | - |
+    | cold_start | 0.500 | 1.000 |
+    """
+    columns = list(dict.fromkeys(name for metrics in rows.values() for name in metrics))
+    lines = ["| model | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    lines += [f"| {model} | " + " | ".join(_cell(m.get(c)) for c in columns) + " |" for model, m in rows.items()]
+    return "\n".join(lines)
+
+
+def write_report(out_dir: Path, name: str, result: dict, info: dict) -> None:
+    """metrics.json (metrics, speed and the run's settings), metrics.md and samples.jsonl in `out_dir`."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = {"name": name, **info, "metrics": result["metrics"], "speed": result["speed"]}
+    (out_dir / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out_dir / "metrics.md").write_text(metrics_table({name: result["metrics"]}) + "\n")
+    with open(out_dir / "samples.jsonl", "w") as f:
+        f.writelines(json.dumps(s, ensure_ascii=False) + "\n" for s in result["samples"])
+
+
+def run(cfg: DictConfig) -> dict[str, float]:
+    """Config -> rows -> evaluate -> report files; returns the metrics."""
+    files = OmegaConf.to_object(cfg.data.files) if OmegaConf.is_config(cfg.data.files) else cfg.data.files
+    rename = OmegaConf.to_object(cfg.data.rename) if cfg.data.get("rename") else None
+    rows = read_rows(files, COLUMNS, rename=rename, split=cfg.data.split, nonempty=("prompt",))
+    rows = [row | {"answer": str(row["answer"])} for row in spread(rows, cfg.limit)]
+    sampling = hydra.utils.instantiate(cfg.sampling)
+    result = evaluate(cfg.model_dir, rows, hydra.utils.instantiate(cfg.template), hydra.utils.instantiate(cfg.rollout),
+                      sampling, cfg.k, dtype=cfg.dtype, language=cfg.language, n_samples=cfg.n_samples)
+    name = cfg.name or Path(cfg.model_dir).name
+    info = {"model_dir": str(cfg.model_dir), "data": files, "k": cfg.k, "sampling": asdict(replace(sampling, n=cfg.k))}
+    write_report(Path(cfg.output_dir), name, result, info)
+    print(metrics_table({name: result["metrics"]}))
+    print(f"generation: {result['speed']}; report in {cfg.output_dir}")
+    return result["metrics"]
+
+
+@hydra.main(version_base="1.3", config_path=str(ROOT / "configs"), config_name="eval.yaml")
+def main(cfg: DictConfig) -> dict[str, float]:
+    return run(cfg)
+
+
+if __name__ == "__main__":
+    main()

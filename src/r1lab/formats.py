@@ -1,0 +1,95 @@
+"""Text formats of the R1 pipeline: prompt templates, response layouts, and tag extraction.
+
+R1-Zero prompts a base model with a plain-text template and expects `<think>...</think><answer>...</answer>`.
+The cold-start stage (and every chat stage after it) answers through the chat template with
+`<reasoning_process>...</reasoning_process><summary>...</summary>`, the final answer boxed in the summary.
+"""
+
+import re
+
+THINK, ANSWER = "think", "answer"
+REASONING, SUMMARY = "reasoning_process", "summary"
+TAGS = tuple(f"<{p}{t}>" for t in (THINK, ANSWER, REASONING, SUMMARY) for p in ("", "/"))
+
+R1_ZERO_TEMPLATE = (
+    "A conversation between User and Assistant. The User asks a question and the Assistant solves it. "
+    "The Assistant first reasons step by step inside <think> </think> tags, then gives the final answer "
+    "inside <answer> </answer> tags.\nUser: {prompt}\nAssistant: <think>"
+)
+
+
+def r1_zero_prompt(prompt: str) -> str:
+    """The R1-Zero prompt; the completion continues right after the opening `<think>` tag.
+
+    >>> r1_zero_prompt("What is 2 + 3?").endswith("User: What is 2 + 3?\\nAssistant: <think>")
+    True
+    """
+    return R1_ZERO_TEMPLATE.format(prompt=prompt)
+
+
+def r1_zero_response(reasoning: str, answer: str) -> str:
+    """A completion of `r1_zero_prompt` (it starts inside the open `<think>`).
+
+    >>> r1_zero_response("2 + 3 = 5.", "5")
+    ' 2 + 3 = 5. </think> <answer> 5 </answer>'
+    """
+    return f" {reasoning} </think> <answer> {answer} </answer>"
+
+
+def cold_start_response(reasoning: str, summary: str) -> str:
+    """An assistant message in the cold-start format.
+
+    >>> cold_start_response("2 + 3 = 5.", "The answer is \\\\boxed{5}.")
+    '<reasoning_process>2 + 3 = 5.</reasoning_process><summary>The answer is \\\\boxed{5}.</summary>'
+    """
+    return f"<{REASONING}>{reasoning}</{REASONING}><{SUMMARY}>{summary}</{SUMMARY}>"
+
+
+def extract_tag(text: str, tag: str) -> str | None:
+    """Content of the last complete `<tag>...</tag>` span, stripped; None if there is none.
+
+    >>> extract_tag("<answer> 1 </answer> <answer> 7 </answer>", "answer")
+    '7'
+    >>> extract_tag("<answer> 7", "answer") is None
+    True
+    """
+    spans = re.findall(rf"<{tag}>(.*?)</{tag}>", text, flags=re.DOTALL)
+    return spans[-1].strip() if spans else None
+
+
+def extract_boxed(text: str) -> str | None:
+    r"""Content of the last `\boxed{...}`, with nested braces balanced; None if absent or unbalanced.
+
+    >>> extract_boxed(r"so \boxed{\frac{1}{2}} and \boxed{7}")
+    '7'
+    >>> extract_boxed(r"\boxed{\frac{1}{2}}")
+    '\\frac{1}{2}'
+    >>> extract_boxed(r"\boxed{oops") is None
+    True
+    """
+    start = text.rfind("\\boxed{")
+    if start < 0:
+        return None
+    depth, begin = 0, start + len("\\boxed{")
+    for i in range(begin, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[i], 0)
+        if depth < 0:
+            return text[begin:i].strip()
+    return None
+
+
+def reasoning_of(text: str) -> str:
+    """The chain of thought of a response in either format (the whole text if it has no CoT tags).
+
+    >>> reasoning_of("<reasoning_process>a b</reasoning_process><summary>c</summary>")
+    'a b'
+    >>> reasoning_of(" 1 + 1 = 2. </think> <answer> 2 </answer>")
+    '1 + 1 = 2.'
+    """
+    for tag in (REASONING, THINK):
+        found = extract_tag(text, tag)
+        if found is not None:
+            return found
+    if f"</{THINK}>" in text:  # R1-Zero completions start inside the prompt's open <think>
+        return text.split(f"</{THINK}>")[0].strip()
+    return text.strip()

@@ -1,0 +1,37 @@
+"""Train any stage: `python -m r1lab.train experiment=<name> [overrides]` (installed as `r1lab-train`).
+
+Composes the data module, the stage's LightningModule, callbacks, loggers and trainer from the config, fits,
+and returns `optimized_metric` so that `-m hparams_search=...` sweeps need no code. It never branches on the stage:
+the experiment config decides what runs.
+"""
+
+import hydra
+import lightning as L
+from omegaconf import DictConfig
+
+from r1lab.utils import ROOT, instantiate_each, log_config, metric_value, set_root
+
+set_root()
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Fit the configured module on the configured data; returns the trainer's final callback metrics."""
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True)
+    datamodule = hydra.utils.instantiate(cfg.data)
+    module = hydra.utils.instantiate(cfg.module)
+    callbacks = instantiate_each(cfg.get("callbacks"))
+    loggers = instantiate_each(cfg.get("logger"))
+    trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    log_config(cfg, loggers)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    return {name: float(value) for name, value in trainer.callback_metrics.items()}
+
+
+@hydra.main(version_base="1.3", config_path=str(ROOT / "configs"), config_name="train.yaml")
+def main(cfg: DictConfig) -> float | None:
+    return metric_value(train(cfg), cfg.get("optimized_metric"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,176 @@
+"""Tests of the demo world (r1lab.world): determinism, disjoint splits, correct answers, formats, languages."""
+
+import json
+import random
+import re
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from r1lab import formats
+from r1lab.world import Step, completion_answer, render_solution, write_world
+
+SMALL = dict(n_reasoning_train=600, n_reasoning_val=40, n_reasoning_test=80, n_general_train=250, n_general_val=50,
+             n_general_test=100, n_facts=70, n_cold_start=250, n_cold_start_val=20, n_pretrain_val=40)
+HELD_OUT = ("reasoning/val", "reasoning/test", "general/val", "general/test", "cold_start/val", "general_sft/val")
+TRAIN = ("reasoning/train", "general/train", "cold_start/train", "general_sft/train")
+COLD_START = re.compile(
+    r"<reasoning_process>([^<]+)</reasoning_process><summary>The answer is \\boxed\{([^}]+)\}\.</summary>")
+CJK = re.compile(r"[\u4e00-\u9fff]")
+
+
+def read(world: Path, name: str) -> list[dict]:
+    with open(world / f"{name}.jsonl", encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("world")
+    write_world(out, seed=3, sizes=SMALL)
+    return out
+
+
+def test_same_seed_same_bytes_other_seed_differs(world, tmp_path):
+    write_world(tmp_path / "a", seed=3, sizes=SMALL)
+    write_world(tmp_path / "b", seed=4, sizes=SMALL)
+    files = sorted(p.relative_to(world) for p in world.rglob("*.json*"))
+    assert len(files) == 13
+    for rel in files:
+        assert (tmp_path / "a" / rel).read_bytes() == (world / rel).read_bytes(), rel
+    assert (tmp_path / "b" / "reasoning/test.jsonl").read_bytes() != (world / "reasoning/test.jsonl").read_bytes()
+
+
+def test_manifest_counts_ids_and_schemas(world):
+    manifest = json.loads((world / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["seed"] == 3 and manifest["sizes"]["n_reasoning_train"] == 600
+    for name, count in manifest["rows"].items():
+        rows = read(world, name.removesuffix(".jsonl"))
+        assert len(rows) == count, name
+        assert len({r["id"] for r in rows}) == count, f"duplicate ids in {name}"
+    keys = {"id", "kind", "task", "level", "prompt", "answer", "solution", "numbers"}
+    for split in ("train", "val", "test"):
+        assert all(set(r) == keys for r in read(world, f"reasoning/{split}") + read(world, f"general/{split}"))
+        ids = [r["id"] for r in read(world, f"reasoning/{split}")]
+        assert all(re.fullmatch(rf"(arithmetic|countdown)-{split}-\d{{6}}", i) for i in ids)
+    chat_keys = {"id", "kind", "task", "prompt", "response", "answer", "numbers"}
+    assert all(set(r) == chat_keys for r in read(world, "cold_start/train") + read(world, "general_sft/val"))
+    assert all(set(r) == {"id", "text"} for r in read(world, "pretrain/val"))
+    tasks = Counter((r["task"], r["level"]) for r in read(world, "reasoning/train"))
+    assert tasks == {(t, lv): 120 for t, lv in (("arithmetic", 1), ("arithmetic", 2), ("arithmetic", 3),
+                                               ("countdown", 1), ("countdown", 2))}
+
+
+def test_held_out_prompts_appear_in_no_train_file_nor_pretrain_text(world):
+    train_prompts = {r["prompt"] for name in TRAIN for r in read(world, name)}
+    pretrain = "\n".join(r["text"] for split in ("train", "val") for r in read(world, f"pretrain/{split}"))
+    held_out = {r["prompt"] for name in HELD_OUT for r in read(world, name)}
+    assert len(held_out) > 200
+    assert not held_out & train_prompts
+    assert not [p for p in held_out if p in pretrain]
+    val, test = ({r["prompt"] for r in read(world, f"reasoning/{s}")} for s in ("val", "test"))
+    assert not val & test
+    assert any(r["prompt"] in pretrain for r in read(world, "reasoning/train"))
+
+
+def test_facts_all_in_pretrain_and_split_between_train_and_test(world):
+    pretrain = " ".join(r["text"] for r in read(world, "pretrain/train"))
+    countries = {}
+    for split in ("train", "val", "test"):
+        lookups = [r for r in read(world, f"general/{split}") if r["task"] == "lookup"]
+        countries[split] = {re.fullmatch(r"What is the capital of (\w+)\?", r["prompt"]).group(1) for r in lookups}
+        for row in lookups:
+            country = row["prompt"].removeprefix("What is the capital of ").removesuffix("?")
+            assert f"The capital of {country} is {row['answer']}." in pretrain or \
+                f"{row['answer']} is the capital of {country}." in pretrain or \
+                f"{country} has its capital in {row['answer']}." in pretrain, row
+    assert len(countries["test"]) == 20 and len(countries["val"]) == 10 and len(countries["train"]) == 40
+    assert not countries["test"] & countries["train"] and not countries["val"] & countries["train"]
+
+
+def check_reasoning(row: dict) -> None:
+    """Recompute the answer of a reasoning row from its prompt and its English steps."""
+    for a, op, b, r in re.findall(r"(\d+) ([-+*]) (\d+) = (\d+)\.", row["solution"]):
+        assert eval(f"{a} {op} {b}") == int(r), row  # noqa: S307 (digits and one operator only)
+    if row["task"] == "arithmetic":
+        expr = re.search(r"\d[\d +*-]*\d|\d", row["prompt"]).group()
+        assert eval(expr) == int(row["answer"]) >= 0 and row["numbers"] == [], row  # noqa: S307
+    else:
+        expr = completion_answer(row)
+        assert re.fullmatch(r"[\d +*()-]+", expr), row
+        assert sorted(map(int, re.findall(r"\d+", expr))) == sorted(row["numbers"]), row
+        assert eval(expr) == int(row["answer"]) and 1 <= int(row["answer"]) <= 100, row  # noqa: S307
+        assert f"make {row['answer']}." in row["prompt"] and len(row["numbers"]) == row["level"] + 2
+
+
+def test_every_answer_is_correct(world):
+    for split in ("train", "val", "test"):
+        for row in read(world, f"reasoning/{split}"):
+            check_reasoning(row)
+        for row in read(world, f"general/{split}"):
+            quoted = re.findall(r"'([^']*)'", row["prompt"])
+            expected = {
+                "reverse": lambda: quoted[0][::-1], "upper": lambda: quoted[0].upper(),
+                "count": lambda: str(quoted[1].count(quoted[0])),
+                "sort": lambda: ", ".join(map(str, sorted(map(int, re.findall(r"\d+", row["prompt"]))))),
+                "lookup": lambda: row["answer"],  # checked against the fact sentences above
+            }[row["task"]]()
+            assert row["answer"] == expected, row
+
+
+def test_cold_start_rows_in_format_except_the_broken_fraction(world):
+    manifest = json.loads((world / "manifest.json").read_text(encoding="utf-8"))
+    train, val = read(world, "cold_start/train"), read(world, "cold_start/val")
+    broken = [r for r in train if not COLD_START.fullmatch(r["response"])]
+    assert len(broken) == manifest["cold_start_broken"] == 5
+    assert all(COLD_START.fullmatch(r["response"]) for r in val)
+    for row in train + val:
+        if row not in broken:
+            reasoning, boxed = COLD_START.fullmatch(row["response"]).groups()
+            assert boxed == formats.extract_boxed(row["response"])
+            assert "Check:" in reasoning and not CJK.search(reasoning)
+            check_reasoning({**row, "level": len(row["numbers"]) - 2, "solution": reasoning.split(" Check:")[0]})
+    val_prompts = {r["prompt"] for r in read(world, "reasoning/val")}
+    assert all(r["prompt"] in val_prompts for r in val)
+
+
+def test_general_sft_rows_answer_bare(world):
+    rows = read(world, "general_sft/train")
+    general = {r["prompt"]: r for r in read(world, "general/train")}
+    assert len(rows) == len(general)
+    assert all(r["response"] == r["answer"] == general[r["prompt"]]["answer"] for r in rows)
+
+
+def test_pretrain_mixes_layouts_languages_and_sloppy_format(world):
+    docs = [r["text"] for r in read(world, "pretrain/train")]
+    zero = [d for d in docs if d.startswith(formats.R1_ZERO_TEMPLATE.split("{prompt}")[0])]
+    plain = [d for d in docs if d.startswith("Question: ") and "\nSolution: " in d]
+    assert 0.35 < len(zero) / (len(zero) + len(plain)) < 0.65
+    clean = [d for d in zero if formats.extract_tag("<think>" + d.split("Assistant: <think>")[1], "answer") is not None
+             and "</think>" in d]
+    assert 0.1 < 1 - len(clean) / len(zero) < 0.3
+    zh = [d for d in docs if "所以答案是" in d or "等于" in d]
+    en = [d for d in docs if "So the answer is" in d]
+    mixed = [d for d in docs if CJK.search(d) and re.search(r"\d+ [-+*] \d+ = \d+", d)]
+    assert len(zh) > 0.15 * len(zero + plain) and len(en) > 0.5 * len(zero + plain) and mixed
+
+
+def test_render_solution_languages():
+    steps = [Step(23, "+", 45, 68), Step(68, "-", 17, 51), Step(51, "*", 2, 102)]
+    assert render_solution(steps, "zh", random.Random(0)) == "23 加 45 等于 68。 68 减 17 等于 51。 51 乘 2 等于 102。 所以答案是 102。"
+    mixed = {render_solution(steps, "mixed", random.Random(seed)) for seed in range(20)}
+    assert any(CJK.search(m) and "=" in m for m in mixed) and len(mixed) > 4
+    with pytest.raises(ValueError, match="lang"):
+        render_solution(steps, "fr", random.Random(0))
+
+
+def test_bad_sizes_are_named(tmp_path):
+    with pytest.raises(ValueError, match="n_reasoning_trian"):
+        write_world(tmp_path, sizes={"n_reasoning_trian": 5})
+    with pytest.raises(ValueError, match="n_general_train"):
+        write_world(tmp_path, sizes={**SMALL, "n_general_train": 10})
+    with pytest.raises(ValueError, match="n_facts"):
+        write_world(tmp_path, sizes={**SMALL, "n_facts": 30})
+    with pytest.raises(ValueError, match="lang_mix"):
+        write_world(tmp_path, sizes=SMALL, lang_mix={"fr": 1.0})
