@@ -47,7 +47,8 @@ def compose_train(artifacts_dir, tmp_path):
     def _compose(*overrides: str, config_name: str = "train"):
         GlobalHydra.instance().clear()
         with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
-            cfg = compose(config_name, overrides=["model=tiny", *overrides], return_hydra_config=True)
+            defaults = ["model=tiny"] if config_name == "train" else []
+            cfg = compose(config_name, overrides=[*defaults, *overrides], return_hydra_config=True)
         with open_dict(cfg):
             cfg.paths.artifacts_dir = str(artifacts_dir)
             cfg.paths.world_dir = str(artifacts_dir / "world")
@@ -55,7 +56,7 @@ def compose_train(artifacts_dir, tmp_path):
             cfg.paths.log_dir = str(tmp_path / "logs")
             cfg.paths.aim_dir = str(tmp_path)
             cfg.paths.output_dir = str(tmp_path / "run")
-            if "model.path" not in " ".join(overrides):
+            if "model" in cfg and "model.path" not in " ".join(overrides):
                 cfg.model.path = str(artifacts_dir / "models" / "tiny")
             cfg.hydra.runtime.output_dir = str(tmp_path / "run")
         return cfg

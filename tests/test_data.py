@@ -17,7 +17,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from data_modules import ChatDataModule, ColdStartDataModule, GeneralDataModule, TextDataModule  # noqa: E402
 from data_modules.common import BucketBatchSampler, bucket_batches, encode_chat, padding_fraction  # noqa: E402
 from r1lab.dataio import DataError, read_rows  # noqa: E402
-from r1lab.formats import TAGS, cold_start_response  # noqa: E402
+from r1lab.formats import cold_start_response  # noqa: E402
 from r1lab.hf import load_tokenizer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,39 +26,9 @@ CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }
 PROMPTS = [f"What is {a} + {b}?" for a, b in [(12, 30), (7, 8), (123, 456), (5, 95), (40, 2), (66, 77)]]
 
 
-def _build_tokenizer_dir(out: Path) -> Path:
-    """A byte-level BPE chat tokenizer plus a tiny LlamaConfig, enough for r1lab.hf.load_tokenizer."""
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
-                                                 pre_tokenizers.ByteLevel(add_prefix_space=False)])
-    tok.decoder = decoders.ByteLevel()
-    specials = ["<|endoftext|>", "<|pad|>", "<|im_start|>", "<|im_end|>"]
-    trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=specials,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(PROMPTS + ["The answer is 42. First add the tens, then the ones."] * 3, trainer)
-    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in TAGS])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|im_end|>",
-                                   pad_token="<|pad|>", padding_side="left", chat_template=CHATML)
-    fast.save_pretrained(out)
-    LlamaConfig(vocab_size=len(fast), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                num_attention_heads=2).save_pretrained(out)
-    return out
-
-
 @pytest.fixture(scope="session")
-def tok_dir(request, tmp_path_factory) -> Path:
-    try:
-        return Path(request.getfixturevalue("tokenizer_dir"))
-    except pytest.FixtureLookupError:
-        return _build_tokenizer_dir(tmp_path_factory.mktemp("tokenizer"))
-
-
-@pytest.fixture(scope="session")
-def tokenizer(tok_dir):
-    return load_tokenizer(tok_dir)
+def tokenizer(tokenizer_dir):
+    return load_tokenizer(tokenizer_dir)
 
 
 def write_jsonl(path: Path, rows: list) -> Path:
@@ -84,9 +54,9 @@ def test_prompt_mask_is_exact_token_by_token(tokenizer):
     assert labels[-1] == tokenizer.eos_token_id
 
 
-def test_chat_batches_are_right_padded_with_masked_labels(tmp_path, tok_dir, tokenizer):
+def test_chat_batches_are_right_padded_with_masked_labels(tmp_path, tokenizer_dir, tokenizer):
     rows = [chat_row(i) for i in range(10)]
-    data = GeneralDataModule(write_jsonl(tmp_path / "t.jsonl", rows), None, str(tok_dir), batch_size=4)
+    data = GeneralDataModule(write_jsonl(tmp_path / "t.jsonl", rows), None, str(tokenizer_dir), batch_size=4)
     data.setup("fit")
     expected = {tuple(encode_chat(tokenizer, r["prompt"], r["response"])[0]): r for r in rows}
     seen = 0
@@ -169,12 +139,12 @@ def test_parquet_and_datasets_sources_with_column_mapping(tmp_path, monkeypatch)
         read_rows(tmp_path / "saved", {**columns, "answer": str}, rename)
 
 
-def test_over_long_rows_are_dropped_and_counted_never_truncated(tmp_path, tok_dir, tokenizer):
+def test_over_long_rows_are_dropped_and_counted_never_truncated(tmp_path, tokenizer_dir, tokenizer):
     rows = [chat_row(i) for i in range(12)]
     lengths = [len(encode_chat(tokenizer, r["prompt"], r["response"])[0]) for r in rows]
     max_length = sorted(lengths)[8]
     data = ChatDataModule(write_jsonl(tmp_path / "t.jsonl", rows), write_jsonl(tmp_path / "v.jsonl", rows),
-                          str(tok_dir), max_length=max_length, batch_size=5)
+                          str(tokenizer_dir), max_length=max_length, batch_size=5)
     data.setup("fit")
     too_long = sum(n > max_length for n in lengths)
     assert too_long > 0
@@ -184,24 +154,24 @@ def test_over_long_rows_are_dropped_and_counted_never_truncated(tmp_path, tok_di
     assert kept == sorted(n for n in lengths if n <= max_length)  # whole rows only
 
 
-def test_cold_start_rejects_and_counts_bad_format(tmp_path, tok_dir):
+def test_cold_start_rejects_and_counts_bad_format(tmp_path, tokenizer_dir):
     good = [chat_row(i) for i in range(6)]
     bad = [chat_row(0, "The answer is 3."),
            chat_row(1, "<reasoning_process>x</reasoning_process>"),
            chat_row(2, cold_start_response("x", "y") + " trailing"),
            chat_row(3, cold_start_response("<think>x</think>", "y"))]
-    data = ColdStartDataModule(write_jsonl(tmp_path / "t.jsonl", good + bad), None, str(tok_dir), batch_size=4)
+    data = ColdStartDataModule(write_jsonl(tmp_path / "t.jsonl", good + bad), None, str(tokenizer_dir), batch_size=4)
     data.setup("fit")
     assert (data.stats["train"]["bad_format"], data.stats["train"]["kept"]) == (4, 6)
     only_bad = write_jsonl(tmp_path / "bad.jsonl", bad)
     with pytest.raises(DataError, match="no usable rows"):
-        ColdStartDataModule(only_bad, None, str(tok_dir)).setup("fit")
+        ColdStartDataModule(only_bad, None, str(tokenizer_dir)).setup("fit")
 
 
-def test_text_blocks_have_fixed_length_and_labels_equal_inputs(tmp_path, tok_dir, tokenizer):
+def test_text_blocks_have_fixed_length_and_labels_equal_inputs(tmp_path, tokenizer_dir, tokenizer):
     docs = [{"id": str(i), "text": f"{p} The answer is {i * 7}."} for i, p in enumerate(PROMPTS * 4)]
     data = TextDataModule(write_jsonl(tmp_path / "t.jsonl", docs), write_jsonl(tmp_path / "v.jsonl", docs[:8]),
-                          str(tok_dir), block_size=16, batch_size=3)
+                          str(tokenizer_dir), block_size=16, batch_size=3)
     data.setup("fit")
     ids = [tokenizer(d["text"], add_special_tokens=False).input_ids for d in docs]
     stream = [t for doc in ids for t in doc + [tokenizer.bos_token_id]]
@@ -234,7 +204,7 @@ def test_bucketing_covers_every_index_once_and_cuts_padding():
 
 
 @pytest.mark.parametrize("name", ["cold_start", "general", "pretrain"])
-def test_data_configs_instantiate_and_load(tmp_path, tok_dir, name):
+def test_data_configs_instantiate_and_load(tmp_path, tokenizer_dir, name):
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
@@ -247,7 +217,7 @@ def test_data_configs_instantiate_and_load(tmp_path, tok_dir, name):
     for split in ("train", "val"):
         docs = [{"id": str(i), "text": p * 30} for i, p in enumerate(PROMPTS)]
         write_jsonl(world / "pretrain" / f"{split}.jsonl", docs)
-    cfg = OmegaConf.merge({"paths": {"world_dir": str(world)}, "model": {"path": str(tok_dir)}, "seed": 0},
+    cfg = OmegaConf.merge({"paths": {"world_dir": str(world)}, "model": {"path": str(tokenizer_dir)}, "seed": 0},
                           {"data": OmegaConf.load(ROOT / "configs" / "data" / f"{name}.yaml")})
     data = instantiate(cfg.data)
     data.setup("fit")

@@ -22,27 +22,9 @@ CHAT = Template(render_chat, partial(extract_answer, source="summary"), cold_sta
 
 
 @pytest.fixture(scope="module")
-def artifacts(tmp_path_factory):
-    """A small demo world and a ~1M-parameter random Llama with a tokenizer trained on it."""
-    from r1lab.build import world_texts
-    from r1lab.hf import save_pretrained_atomic
-    from r1lab.tiny import build_model, build_tokenizer
-    from r1lab.world import write_world
-
-    out = tmp_path_factory.mktemp("artifacts")
-    write_world(out / "world", seed=0, sizes={
-        "n_reasoning_train": 200, "n_reasoning_val": 10, "n_reasoning_test": 30, "n_general_train": 60,
-        "n_general_val": 10, "n_general_test": 20, "n_facts": 20, "n_cold_start": 20, "n_cold_start_val": 5,
-        "n_pretrain_val": 5})
-    tokenizer = build_tokenizer(world_texts(out / "world"), vocab_size=1024)
-    save_pretrained_atomic(build_model(tokenizer, "tiny", seed=0), tokenizer, out / "model")
-    return out
-
-
-@pytest.fixture(scope="module")
-def model_and_tokenizer(artifacts):
+def model_and_tokenizer(tokenizer_dir):
     from r1lab.hf import load_model, load_tokenizer
-    return load_model(artifacts / "model"), load_tokenizer(artifacts / "model")
+    return load_model(tokenizer_dir), load_tokenizer(tokenizer_dir)
 
 
 def rows_of(path: Path) -> list[dict]:
@@ -163,12 +145,12 @@ class OracleEngine:
         return [[sample(p, j) for j in range(sampling.n)] for p in prompts]
 
 
-def test_evaluate_with_oracle_engine(artifacts):
+def test_evaluate_with_oracle_engine(world_dir, tokenizer_dir):
     """Known answers through the whole scoring path: pass@1 = (k-1)/k, cons@k = 1, format 1, per-task keys."""
     from r1lab.world import completion_answer
-    rows = rows_of(artifacts / "world/reasoning/test.jsonl") + rows_of(artifacts / "world/general/test.jsonl")
+    rows = rows_of(world_dir / "reasoning/test.jsonl") + rows_of(world_dir / "general/test.jsonl")
     answers = {render_r1_zero(r["prompt"]): completion_answer(r) for r in rows}
-    result = evaluate(str(artifacts / "model"), rows, R1_ZERO, lambda model, tokenizer: OracleEngine(answers),
+    result = evaluate(str(tokenizer_dir), rows, R1_ZERO, lambda model, tokenizer: OracleEngine(answers),
                       SamplingConfig(), k=4)
     m = result["metrics"]
     assert m["pass@1"] == pytest.approx(0.75) and m["cons@4"] == 1.0 and m["format"] == 1.0 and m["lang_mix"] == 0.0
@@ -177,19 +159,19 @@ def test_evaluate_with_oracle_engine(artifacts):
     assert len(result["samples"]) == 8 * 4
 
 
-def test_evaluate_tiny_model_chat_template(artifacts):
-    rows = rows_of(artifacts / "world/reasoning/test.jsonl")[:3]
-    result = evaluate(str(artifacts / "model"), rows, CHAT, partial(HFRollout, batch_size=2),
+def test_evaluate_tiny_model_chat_template(world_dir, tokenizer_dir):
+    rows = rows_of(world_dir / "reasoning/test.jsonl")[:3]
+    result = evaluate(str(tokenizer_dir), rows, CHAT, partial(HFRollout, batch_size=2),
                       SamplingConfig(temperature=0.6, top_p=0.95, max_new_tokens=8), k=2)
     m = result["metrics"]
     assert m["prompts"] == 3 and 0 < m["length"] <= 8 and 0.0 <= m["pass@1"] <= m["answered"] <= 1.0
     assert result["samples"][0]["prompt"].endswith("<|im_start|>assistant\n") and result["speed"]["tokens"] > 0
 
 
-def test_eval_cli_writes_reports(artifacts, tmp_path):
+def test_eval_cli_writes_reports(world_dir, tokenizer_dir, tmp_path):
     """`python -m r1lab.eval` with the real configs writes metrics.json, metrics.md and samples.jsonl."""
-    cmd = [sys.executable, "-m", "r1lab.eval", f"model_dir={artifacts / 'model'}",
-           f"paths.world_dir={artifacts / 'world'}", f"paths.log_dir={tmp_path / 'logs'}", "limit=4", "k=2",
+    cmd = [sys.executable, "-m", "r1lab.eval", f"model_dir={tokenizer_dir}",
+           f"paths.world_dir={world_dir}", f"paths.log_dir={tmp_path / 'logs'}", "limit=4", "k=2",
            "sampling.max_new_tokens=8", "template=chat", f"hydra.run.dir={tmp_path / 'run'}", "name=tiny_chat"]
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120,
                           env={**os.environ, "R1LAB_ROOT": str(ROOT), "HF_HUB_OFFLINE": "1"})
@@ -202,7 +184,7 @@ def test_eval_cli_writes_reports(artifacts, tmp_path):
     assert len((tmp_path / "run/samples.jsonl").read_text().splitlines()) == 4 * 2
 
 
-def test_eval_countdown_rows_need_numbers(artifacts):
+def test_eval_countdown_rows_need_numbers(world_dir, tokenizer_dir):
     with pytest.raises(ValueError, match="needs a 'numbers' list"):
-        evaluate(str(artifacts / "model"), [{"prompt": "p", "answer": "1", "task": "countdown", "id": "x"}], R1_ZERO,
+        evaluate(str(tokenizer_dir), [{"prompt": "p", "answer": "1", "task": "countdown", "id": "x"}], R1_ZERO,
                  partial(HFRollout), SamplingConfig(), k=1)

@@ -10,24 +10,14 @@ from r1lab.rewards import (accuracy_reward, check_answer, cold_start_format_rewa
                            language_consistency, language_consistency_reward, r1_zero_format_reward, weighted_rewards)
 
 
-@pytest.fixture(scope="module")
-def reward_world(tmp_path_factory):
-    from r1lab.world import write_world
-    out = tmp_path_factory.mktemp("world")
-    write_world(out, seed=1, sizes={"n_reasoning_train": 50, "n_reasoning_val": 10, "n_reasoning_test": 60,
-                                    "n_general_train": 40, "n_general_val": 10, "n_general_test": 40, "n_facts": 20,
-                                    "n_cold_start": 40, "n_cold_start_val": 5, "n_pretrain_val": 5})
-    return out
-
-
 def read_jsonl(path):
     import json
     return [json.loads(line) for line in open(path, encoding="utf-8")]
 
 
 @pytest.fixture(scope="module")
-def world_rows(reward_world):
-    return read_jsonl(reward_world / "reasoning/test.jsonl") + read_jsonl(reward_world / "general/test.jsonl")
+def world_rows(world_dir):
+    return read_jsonl(world_dir / "reasoning/test.jsonl") + read_jsonl(world_dir / "general/test.jsonl")
 
 
 @pytest.mark.parametrize("pred, gold, task, numbers, expected", [
@@ -77,17 +67,17 @@ def test_world_solutions_check(world_rows):
     assert {row["task"] for row in world_rows} == tasks
 
 
-def test_world_cold_start_responses_check(reward_world):
+def test_world_cold_start_responses_check(world_dir):
     """Clean cold-start rows score 1 on accuracy, format and language; the deliberately broken ones fail the format."""
     import json
-    rows = read_jsonl(reward_world / "cold_start/val.jsonl")
+    rows = read_jsonl(world_dir / "cold_start/val.jsonl")
     texts = [row["response"] for row in rows]
     columns = {name: [r[name] for r in rows] for name in ("answer", "task", "numbers")}
     assert accuracy_reward(texts, source="summary", **columns) == [1.0] * len(rows)
     assert cold_start_format_reward(texts) == [1.0] * len(rows)
     assert all(c == 1.0 for c in language_consistency_reward(texts))  # cold-start CoT is English only
-    train = [row["response"] for row in read_jsonl(reward_world / "cold_start/train.jsonl")]
-    broken = json.loads((reward_world / "manifest.json").read_text())["cold_start_broken"]
+    train = [row["response"] for row in read_jsonl(world_dir / "cold_start/train.jsonl")]
+    broken = json.loads((world_dir / "manifest.json").read_text())["cold_start_broken"]
     assert broken > 0 and cold_start_format_reward(train).count(0.0) == broken
 
 

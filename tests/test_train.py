@@ -103,3 +103,12 @@ def test_aim_records_metrics_and_hparams(compose_train, tmp_path):
     found = {(m.name, m.context.to_dict().get("subset")): m.values.values_list() for m in run.metrics()}
     assert len(found[("loss", "train")]) == 6
     assert len(found[("loss", "val")]) == 1
+
+
+@pytest.mark.parametrize("template", sorted(p.stem for p in (ROOT / "configs" / "template").glob("*.yaml")))
+def test_eval_config_composes_with_every_template(compose_train, template, tokenizer_dir):
+    cfg = compose_train(f"template={template}", f"model_dir={tokenizer_dir}", config_name="eval")
+    built = hydra.utils.instantiate(cfg.template)
+    assert callable(built.render) and callable(built.extract) and callable(built.format_reward)
+    assert hydra.utils.instantiate(cfg.sampling).temperature == 0.6
+
