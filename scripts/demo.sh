@@ -8,7 +8,7 @@ OUT=artifacts/demo
 
 $PY -m r1lab.build
 $PY -m r1lab.train experiment=base hydra.run.dir=$OUT/base "$@"
-$PY -m r1lab.eval model_dir=$OUT/base/model template=r1_zero limit=200 output_dir=$OUT/eval/base
+$PY -m r1lab.eval model_dir=$OUT/base/model template=r1_zero limit=100 output_dir=$OUT/eval/base
 $PY -m r1lab.train experiment=cold_start model.path=$OUT/base/model hydra.run.dir=$OUT/cold_start "$@"
-$PY -m r1lab.eval model_dir=$OUT/cold_start/model template=chat limit=200 output_dir=$OUT/eval/cold_start
+$PY -m r1lab.eval model_dir=$OUT/cold_start/model template=chat limit=100 output_dir=$OUT/eval/cold_start
 $PY -m r1lab.report base=$OUT/eval/base cold_start=$OUT/eval/cold_start --out $OUT/report.md

@@ -112,3 +112,24 @@ def test_eval_config_composes_with_every_template(compose_train, template, token
     assert callable(built.render) and callable(built.extract) and callable(built.format_reward)
     assert hydra.utils.instantiate(cfg.sampling).temperature == 0.6
 
+
+
+def test_optuna_sweep_runs_through_the_installed_script(artifacts_dir, tmp_path):
+    """`r1lab-train -m hparams_search=...` needs no code: main() returns the metric the sweeper optimises."""
+    import shutil
+    import subprocess
+    import sys
+
+    script = shutil.which("r1lab-train", path=str(Path(sys.executable).parent))
+    assert script, "the r1lab-train console script is not installed"
+    overrides = ["experiment=cold_start", "hparams_search=sft_optuna", "hydra.sweeper.n_trials=2",
+                 "hydra.sweeper.sampler.n_startup_trials=2", "model=tiny", f"model.path={artifacts_dir}/models/tiny",
+                 f"paths.world_dir={artifacts_dir}/world", f"paths.log_dir={tmp_path}", "logger=csv",
+                 "trainer.max_steps=3", "trainer.val_check_interval=3", "trainer.limit_val_batches=2",
+                 "callbacks=none"]
+    done = subprocess.run([script, *overrides], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = list(tmp_path.glob("cold_start/multiruns/*/optimization_results.yaml"))
+    assert len(results) == 1
+    best = OmegaConf.load(results[0])
+    assert best.best_value > 0 and "module.optimizer.lr" in best.best_params

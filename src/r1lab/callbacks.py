@@ -4,6 +4,7 @@
 directory (atomically), which the next stage's `model.path` points at.
 """
 
+import json
 from pathlib import Path
 
 import lightning as L
@@ -20,3 +21,21 @@ class HFExport(L.Callback):
         if trainer.is_global_zero and not trainer.interrupted:
             save_pretrained_atomic(pl_module.model, pl_module.tokenizer, self.out_dir)
             rank_zero_info(f"Saved the model in Hugging Face format to {self.out_dir}")
+
+
+class PromptLedger(L.Callback):
+    """Append the ids of the rows each rank trains on at each step to `<out_dir>/prompts.rank<R>.jsonl`.
+
+    Answers "which prompts did step N see?" after the fact, on every rank (and lets a test check that DDP neither
+    drops nor repeats prompts). Add it with `+callbacks.ledger._target_=r1lab.callbacks.PromptLedger
+    +callbacks.ledger.out_dir=...`.
+    """
+
+    def __init__(self, out_dir: str, id_column: str = "id"):
+        self.out_dir, self.id_column = Path(out_dir), id_column
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        record = {"step": trainer.global_step, "rank": trainer.global_rank, "ids": list(batch[self.id_column])}
+        with open(self.out_dir / f"prompts.rank{trainer.global_rank}.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")

@@ -8,6 +8,7 @@ Simplified: one process; the whole evaluation set is generated in one `generate`
 """
 
 import json
+import random
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
@@ -45,15 +46,19 @@ def check_rows(rows: list[dict]) -> None:
                              f"got {type(row.get('numbers')).__name__}")
 
 
-def spread(rows: list, limit: int | None) -> list:
-    """`limit` rows evenly spaced through `rows` (test files are grouped by task), in order; all if limit is None.
+def spread(rows: list, limit: int | None, seed: int = 0) -> list:
+    """`limit` rows drawn without replacement by a fixed seed, kept in file order; all if limit is None.
 
-    >>> spread(list(range(10)), 3), spread([1, 2], None), spread([1, 2], 5)
-    ([0, 3, 6], [1, 2], [1, 2])
+    A random draw, not a stride: files that cycle through tasks would alias with a stride (every 2.5th row of a
+    5-task cycle only ever hits two of the tasks).
+
+    >>> rows = [f"t{i % 5}" for i in range(500)]
+    >>> sorted(set(spread(rows, 200))), spread([1, 2], None), spread([1, 2], 5), spread(rows, 3) == spread(rows, 3)
+    (['t0', 't1', 't2', 't3', 't4'], [1, 2], [1, 2], True)
     """
     if limit is None or limit >= len(rows):
         return list(rows)
-    return [rows[i * len(rows) // limit] for i in range(limit)]
+    return [rows[i] for i in sorted(random.Random(seed).sample(range(len(rows)), limit))]
 
 
 def evaluate(model_dir: str, rows: list[dict], template: Template, rollout_factory: Callable[..., RolloutEngine],
