@@ -12,7 +12,7 @@ def test_ddp_splits_prompts_without_loss_or_repeats(artifacts_dir, tmp_path):
                  f"paths.world_dir={artifacts_dir}/world", f"paths.log_dir={tmp_path}", f"hydra.run.dir={tmp_path}/run",
                  "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.max_steps=3",
                  "trainer.limit_val_batches=0", "logger=csv", "data.batch_size=4", "module.num_generations=2",
-                 "module.max_new_tokens=8", "callbacks.model_checkpoint=null",
+                 "module.max_new_tokens=8", "optimized_metric=null", "callbacks.model_checkpoint=null",
                  "+callbacks.ledger._target_=r1lab.callbacks.PromptLedger", f"+callbacks.ledger.out_dir={ledger}"]
     done = subprocess.run([sys.executable, "-m", "r1lab.train", *overrides], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]

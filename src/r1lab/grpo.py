@@ -125,7 +125,7 @@ class GRPOModule(L.LightningModule):
         lengths = torch.tensor([len(c.token_ids) for c in completions], dtype=torch.float)
         finished = torch.tensor([c.finished for c in completions])
         zero_var = rewards.view(-1, G).std(dim=1) == 0 if G > 1 else torch.ones(len(rewards) // G, dtype=torch.bool)
-        stats = {"reward": rewards.mean(), "reward_std": rewards.std() if len(rewards) > 1 else torch.tensor(0.0),
+        stats = {"reward_mean": rewards.mean(), "reward_std": rewards.std() if len(rewards) > 1 else torch.tensor(0.0),
                  "completion_len_mean": lengths.mean(), "completion_len_max": lengths.max(),
                  "truncated_frac": (~finished).float().mean(), "zero_variance_frac": zero_var.float().mean(),
                  "gen_tokens_per_s": lengths.sum() / gen_time}
@@ -169,9 +169,9 @@ class GRPOModule(L.LightningModule):
             self.lr_schedulers().step()
         if hp.ref_refresh_steps and self.ref_model is not None and (self.global_step + 1) % hp.ref_refresh_steps == 0:
             self.ref_model.load_state_dict(self.model.state_dict())
-        self.log_dict({f"train/{k}": v for k, v in stats.items()}, on_step=True, on_epoch=False, prog_bar=False,
+        self.log("train/reward_mean", stats.pop("reward_mean"), prog_bar=True, on_step=True, on_epoch=False)
+        self.log_dict({f"train/{k}": v for k, v in stats.items()}, on_step=True, on_epoch=False,
                       batch_size=len(batch["prompt"]))
-        self.log("train/reward_mean", stats["reward"], prog_bar=True, on_step=True, on_epoch=False)
 
     def _optimise(self, rollout: RolloutBatch) -> dict[str, torch.Tensor]:
         hp, opt = self.hparams, self.optimizers()
