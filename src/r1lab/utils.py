@@ -4,7 +4,6 @@ import os
 from pathlib import Path
 
 import hydra
-from lightning import Callback
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
 
@@ -38,6 +37,3 @@ def metric_value(metrics: dict, name: str | None) -> float | None:
         raise KeyError(f"optimized_metric={name!r} was not logged; logged metrics: {sorted(metrics)}")
     return float(metrics[name])
 
-
-def callbacks_of_type(callbacks: list[Callback], kind: type) -> list[Callback]:
-    return [c for c in callbacks if isinstance(c, kind)]
