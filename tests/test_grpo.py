@@ -6,7 +6,7 @@ import torch
 
 from r1lab.grpo import completion_logprobs, micro_batch_weight, pack_rollout
 from r1lab.hf import load_model, load_tokenizer
-from r1lab.rl import grpo_loss
+from r1lab.rl import grpo_loss, masked_aggregate
 
 
 @pytest.fixture
@@ -54,7 +54,6 @@ def test_micro_batch_weights_recompose_the_batch_loss():
     mask = torch.tensor([[1, 1, 1], [1, 0, 0], [1, 1, 0], [1, 1, 1]], dtype=torch.float)
     per_token = torch.arange(12, dtype=torch.float).view(4, 3)
     for aggregation in ("seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm"):
-        from r1lab.rl import masked_aggregate
         whole = masked_aggregate(per_token, mask, aggregation)
         parts = sum(masked_aggregate(per_token[i:i + 2], mask[i:i + 2], aggregation) * micro_batch_weight(aggregation, mask[i:i + 2], mask)
                     for i in (0, 2))

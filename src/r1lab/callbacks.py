@@ -34,8 +34,10 @@ class PromptLedger(L.Callback):
     def __init__(self, out_dir: str, id_column: str = "id"):
         self.out_dir, self.id_column = Path(out_dir), id_column
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
         record = {"step": trainer.global_step, "rank": trainer.global_rank, "ids": list(batch[self.id_column])}
         with open(self.out_dir / f"prompts.rank{trainer.global_rank}.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
