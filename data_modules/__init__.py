@@ -5,12 +5,15 @@
 - GeneralDataModule: non-reasoning chat data (chat SFT)
 - ChatDataModule: any prompt/response rows, with an optional response check
 - PromptDataModule: prompts with gold answers (GRPO, evaluation)
+- RejectionSampledDataModule: rejection-sampled reasoning rows mixed with general rows per batch (R1 stage 3 SFT)
 Shared tokenisation, padding and bucketing live in data_modules/common.py.
 """
 
 from data_modules.chat import ChatDataModule, GeneralDataModule
 from data_modules.cold_start import ColdStartDataModule, is_cold_start_format
 from data_modules.prompts import PromptDataModule
+from data_modules.rejection import RejectionSampledDataModule
 from data_modules.text import TextDataModule
 
-__all__ = ["ChatDataModule", "ColdStartDataModule", "GeneralDataModule", "PromptDataModule", "TextDataModule", "is_cold_start_format"]
+__all__ = ["ChatDataModule", "ColdStartDataModule", "GeneralDataModule", "PromptDataModule",
+           "RejectionSampledDataModule", "TextDataModule", "is_cold_start_format"]

@@ -14,7 +14,7 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
-from r1lab.dataio import read_rows
+from r1lab.dataio import read_rows, select_rows
 
 Files = str | Sequence[str]
 
@@ -34,11 +34,11 @@ class PromptDataModule(LightningDataModule):
 
     def __init__(self, train_files: Files, val_files: Files | None = None, batch_size: int = 16,
                  val_batch_size: int = 64, val_limit: int | None = None, columns_map: dict[str, str] | None = None,
-                 num_workers: int = 0):
+                 where: dict[str, list] | None = None, num_workers: int = 0):
         super().__init__()
         self.files = {"train": train_files, "val": val_files}
         self.batch_size, self.val_batch_size, self.val_limit = batch_size, val_batch_size, val_limit
-        self.columns_map, self.num_workers = columns_map, num_workers
+        self.columns_map, self.where, self.num_workers = columns_map, where, num_workers
         self.rows: dict[str, list[dict]] = {}
 
     def setup(self, stage: str | None = None) -> None:
@@ -46,7 +46,7 @@ class PromptDataModule(LightningDataModule):
             if files is None or split in self.rows:
                 continue
             rows = read_rows(files, self.columns, rename=self.columns_map, nonempty=("prompt",))
-            rows = [row | {"answer": str(row["answer"])} for row in rows]
+            rows = [row | {"answer": str(row["answer"])} for row in select_rows(rows, self.where)]
             self.rows[split] = rows[: self.val_limit] if split == "val" and self.val_limit else rows
             rank_zero_info(f"PromptDataModule {split}: {len(self.rows[split])} prompts from {files}")
 

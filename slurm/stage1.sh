@@ -1,6 +1,6 @@
 #!/bin/bash
 # Stage 1, cold start: SFT of the base model on long-CoT data. Any Hydra override passes through:
-#   sbatch slurm/stage1.sh model=qwen2.5-7b data.train_files=/data/cold_start/train.jsonl
+#   sbatch slurm/stage1.sh model=qwen2.5-7b model.path=/models/Qwen2.5-7B data.train_files=/data/cold_start/train.jsonl
 #SBATCH --job-name=r1lab-stage1
 #SBATCH --nodes=1
 #SBATCH --ntasks-per-node=8        # one task per GPU: Lightning reads the Slurm environment

@@ -1,7 +1,8 @@
-"""Shared fixtures: one small demo world and a ~1M-parameter model built offline once per test session,
-and `compose_train`, which composes the real `configs/train.yaml` pointed at them."""
+"""Shared fixtures: one small demo world and a ~1M-parameter model built offline once per test session, a small
+rejection-sampled set, and `compose_train`, which composes the real `configs/train.yaml` pointed at them."""
 
 import os
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -40,8 +41,58 @@ def tokenizer_dir(artifacts_dir) -> Path:
     return artifacts_dir / "models" / "tiny"
 
 
+class ScriptedRollout:
+    """A rollout engine that answers each chat prompt with `scripted_samples(row)`: one sample per filter outcome."""
+
+    def __init__(self, model, tokenizer, rows: list[dict]):
+        from r1lab.rollout import render_chat
+        self.rows = {render_chat(row["prompt"], tokenizer): row for row in rows}
+
+    def generate(self, prompts: list[str], sampling) -> list[list]:
+        from r1lab.rollout import Completion
+        return [[Completion(text, [1], True) for text in scripted_samples(self.rows[p])[:sampling.n]] for p in prompts]
+
+
+def scripted_samples(row: dict) -> list[str]:
+    """Nine responses to a world reasoning row; under configs/sample.yaml's filters with m=1 they come out as:
+    accepted, duplicate, near_duplicate, broken_format, wrong_answer, mixed_language, long_paragraph, code_block,
+    over_cap."""
+    from r1lab.formats import cold_start_response
+    from r1lab.world import completion_answer
+
+    summary, cot = f"The answer is \\boxed{{{completion_answer(row)}}}.", f"Let me work through this. {row['solution']}"
+    good = cold_start_response(cot, summary)
+    return [good, good, cold_start_response(cot.replace(" ", "  "), summary), good.replace("</summary>", ""),
+            cold_start_response(cot, "The answer is \\boxed{-1}."), cold_start_response(cot + " 所以 done.", summary),
+            cold_start_response(cot + "\n\n" + "x" * 1200, summary),
+            cold_start_response(cot + " ```python\nprint(1)\n```", summary),
+            cold_start_response(f"{row['solution']} Done, checked twice.", summary)]
+
+
+def compose_sample(*overrides: str):
+    """configs/sample.yaml with `overrides` (without Hydra's runtime: set output_dir)."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
+        return compose("sample", overrides=list(overrides))
+
+
+@pytest.fixture(scope="session")
+def samples_dir(artifacts_dir) -> Path:
+    """A finished `r1lab.sample` run under artifacts/demo/samples (where experiment=rejection_sft reads): 12 world
+    prompts x the 9 scripted samples in shards of 5 prompts, so each outcome is counted 12 times."""
+    from r1lab.dataio import read_rows
+    from r1lab.sample import run
+
+    out = artifacts_dir / "demo" / "samples"
+    cfg = compose_sample(f"model_dir={artifacts_dir / 'models' / 'tiny'}", f"paths.world_dir={artifacts_dir / 'world'}",
+                         f"output_dir={out}", "limit=12", "k=9", "m=1", "shard_size=5")
+    rows = read_rows(artifacts_dir / "world" / "reasoning" / "train.jsonl", {"prompt": str})
+    run(cfg, rollout_factory=partial(ScriptedRollout, rows=rows))
+    return out
+
+
 @pytest.fixture
-def compose_train(artifacts_dir, tmp_path):
+def compose_train(artifacts_dir, samples_dir, tmp_path):
     """Compose configs/train.yaml with `overrides`, on the tiny model and small world, writing under tmp_path."""
 
     def _compose(*overrides: str, config_name: str = "train"):

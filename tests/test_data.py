@@ -224,3 +224,17 @@ def test_data_configs_instantiate_and_load(tmp_path, tokenizer_dir, name):
     batch = next(iter(data.train_dataloader()))
     assert batch["input_ids"].shape == batch["labels"].shape == batch["attention_mask"].shape
     assert set(data.stats) == {"train", "val"}
+
+
+def test_prompts_keep_only_the_rows_where_selects(tmp_path):
+    from data_modules import PromptDataModule
+
+    rows = [{"prompt": f"q{i}", "answer": i, "task": ["arithmetic", "countdown"][i % 2]} for i in range(6)]
+    path = write_jsonl(tmp_path / "prompts.jsonl", rows)
+    data = PromptDataModule(str(path), str(path), batch_size=2, where={"task": ["arithmetic"]})
+    data.setup("fit")
+    assert [r["prompt"] for r in data.rows["train"]] == ["q0", "q2", "q4"] and data.rows["train"][1]["answer"] == "2"
+    batch = next(iter(data.val_dataloader()))
+    assert batch["task"] == ["arithmetic"] * 3
+    with pytest.raises(DataError, match="no row matches"):
+        PromptDataModule(str(path), where={"task": ["sorting"]}).setup("fit")

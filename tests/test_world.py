@@ -58,8 +58,8 @@ def test_manifest_counts_ids_and_schemas(world):
     assert all(set(r) == chat_keys for r in read(world, "cold_start/train") + read(world, "general_sft/val"))
     assert all(set(r) == {"id", "text"} for r in read(world, "pretrain/val"))
     tasks = Counter((r["task"], r["level"]) for r in read(world, "reasoning/train"))
-    assert tasks == {(t, lv): 120 for t, lv in (("arithmetic", 1), ("arithmetic", 2), ("arithmetic", 3),
-                                               ("countdown", 1), ("countdown", 2))}
+    assert tasks == {("arithmetic", 1): 150, ("arithmetic", 2): 150, ("arithmetic", 3): 150, ("countdown", 1): 75,
+                     ("countdown", 2): 75}
 
 
 def test_held_out_prompts_appear_in_no_train_file_nor_pretrain_text(world):
@@ -96,6 +96,10 @@ def check_reasoning(row: dict) -> None:
     if row["task"] == "arithmetic":
         expr = re.search(r"\d[\d +*-]*\d|\d", row["prompt"]).group()
         assert eval(expr) == int(row["answer"]) >= 0 and row["numbers"] == [], row  # noqa: S307
+        operands = [int(n) for n in re.findall(r"\d+", expr)]
+        if row["level"] is not None:  # a number (a product at level 3), then one-digit terms
+            assert len(operands) == {1: 3, 2: 4, 3: 4}[row["level"]] and max(operands[1:]) <= 9, row
+            assert ("*" in expr) == (row["level"] == 3), row
     else:
         expr = completion_answer(row)
         assert re.fullmatch(r"[\d +*()-]+", expr), row
@@ -125,12 +129,18 @@ def test_cold_start_rows_in_format_except_the_broken_fraction(world):
     broken = [r for r in train if not COLD_START.fullmatch(r["response"])]
     assert len(broken) == manifest["cold_start_broken"] == 5
     assert all(COLD_START.fullmatch(r["response"]) for r in val)
+    mixed = 0
     for row in train + val:
         if row not in broken:
             reasoning, boxed = COLD_START.fullmatch(row["response"]).groups()
             assert boxed == formats.extract_boxed(row["response"])
-            assert "Check:" in reasoning and not CJK.search(reasoning)
-            check_reasoning({**row, "level": len(row["numbers"]) - 2, "solution": reasoning.split(" Check:")[0]})
+            assert reasoning.startswith("Let me work through this step by step.") and "Check:" in reasoning
+            mixed += bool(CJK.search(reasoning))
+            if CJK.search(reasoning):
+                continue  # check_reasoning reads English steps
+            level = len(row["numbers"]) - 2 if row["task"] == "countdown" else None  # chat rows carry no level
+            check_reasoning({**row, "level": level, "solution": reasoning.split(" Check:")[0]})
+    assert 0.1 < mixed / len(train + val) < 0.3  # cold_start_lang_mix: 80% English, the rest zh or per-step mixed
     val_prompts = {r["prompt"] for r in read(world, "reasoning/val")}
     assert all(r["prompt"] in val_prompts for r in val)
 
@@ -146,7 +156,7 @@ def test_pretrain_mixes_layouts_languages_and_sloppy_format(world):
     docs = [r["text"] for r in read(world, "pretrain/train")]
     zero = [d for d in docs if d.startswith(formats.R1_ZERO_TEMPLATE.split("{prompt}")[0])]
     plain = [d for d in docs if d.startswith("Question: ") and "\nSolution: " in d]
-    assert 0.35 < len(zero) / (len(zero) + len(plain)) < 0.65
+    assert 0.15 < len(zero) / (len(zero) + len(plain)) < 0.35  # r1_zero_frac 0.25
     clean = [d for d in zero if formats.extract_tag("<think>" + d.split("Assistant: <think>")[1], "answer") is not None
              and "</think>" in d]
     assert 0.1 < 1 - len(clean) / len(zero) < 0.3

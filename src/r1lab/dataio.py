@@ -237,3 +237,18 @@ def read_rows(source: str | os.PathLike | Sequence[str | os.PathLike], columns: 
             raise DataError("read_rows: empty list of sources")
     rename, nonempty = dict(rename or {}), tuple(nonempty)
     return [row for s in sources for row in _read_one(s, columns, rename, nonempty, split)]
+
+
+def select_rows(rows: list[dict], where: Mapping[str, Sequence] | None) -> list[dict]:
+    """The rows whose every `where` column holds one of the listed values (e.g. {"task": ["arithmetic"]}).
+
+    >>> select_rows([{"task": "a", "level": 1}, {"task": "b", "level": 1}, {"task": "a", "level": 2}],
+    ...             {"task": ["a"], "level": [1]})
+    [{'task': 'a', 'level': 1}]
+    """
+    if not where:
+        return rows
+    kept = [row for row in rows if all(row.get(col) in set(values) for col, values in where.items())]
+    if not kept:
+        raise DataError(f"select_rows: no row matches {dict(where)} (of {len(rows)} rows); set `where: null` to keep all")
+    return kept

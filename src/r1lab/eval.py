@@ -17,7 +17,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from r1lab.dataio import read_rows
+from r1lab.dataio import read_rows, select_rows
 from r1lab.hf import load_model, load_tokenizer
 from r1lab.metrics import EvalMetrics, score_group
 from r1lab.rewards import CHECK_FAILURES
@@ -134,7 +134,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
     files = OmegaConf.to_object(cfg.data.files) if OmegaConf.is_config(cfg.data.files) else cfg.data.files
     rename = OmegaConf.to_object(cfg.data.rename) if cfg.data.get("rename") else None
     rows = read_rows(files, COLUMNS, rename=rename, split=cfg.data.split, nonempty=("prompt",))
-    rows = [row | {"answer": str(row["answer"])} for row in spread(rows, cfg.limit)]
+    rows = spread(select_rows(rows, cfg.data.get("where")), cfg.limit)
+    rows = [row | {"answer": str(row["answer"])} for row in rows]
     sampling = hydra.utils.instantiate(cfg.sampling)
     result = evaluate(cfg.model_dir, rows, hydra.utils.instantiate(cfg.template), hydra.utils.instantiate(cfg.rollout),
                       sampling, cfg.k, dtype=cfg.dtype, language=cfg.language, n_samples=cfg.n_samples)

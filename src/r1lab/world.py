@@ -27,7 +27,10 @@ class Step(NamedTuple):
 
 OPS: dict[str, Callable[[int, int], int]] = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
 ZH_OPS = {"+": "加", "-": "减", "*": "乘"}
-REASONING_KINDS = (("arithmetic", 1), ("arithmetic", 2), ("arithmetic", 3), ("countdown", 1), ("countdown", 2))
+# Problems are drawn in this cycle: three arithmetic to one Countdown, so pre-training spends most of its steps on the
+# digit facts that the RL stages then sharpen.
+REASONING_KINDS = (("arithmetic", 1), ("arithmetic", 2), ("arithmetic", 3), ("countdown", 1),
+                   ("arithmetic", 1), ("arithmetic", 2), ("arithmetic", 3), ("countdown", 2))
 GENERAL_TASKS = ("reverse", "upper", "count", "sort")  # plus "lookup", one row per fact of the split
 ARITHMETIC_PROMPTS = ("What is {e}?", "Compute {e}.", "Calculate {e}.", "Evaluate {e}.")
 FACT_SENTENCES = ("The capital of {c} is {k}.", "{k} is the capital of {c}.", "{c} has its capital in {k}.")
@@ -35,17 +38,35 @@ DEFAULT_SIZES = {"n_reasoning_train": 20000, "n_reasoning_val": 200, "n_reasonin
                  "n_general_val": 200, "n_general_test": 500, "n_facts": 600, "n_cold_start": 3000,
                  "n_cold_start_val": 100, "n_pretrain_val": 300}
 DEFAULT_LANG_MIX = {"en": 0.7, "zh": 0.15, "mixed": 0.15}
+DEFAULT_COLD_START_LANG_MIX = {"en": 0.8, "zh": 0.1, "mixed": 0.1}
+
+
+def units_step(step: Step) -> Step | None:
+    """The one-digit sum or difference behind a (number) +/- (digit) step, borrowing ten when needed; else None.
+
+    >>> units_step(Step(47, "+", 8, 55)), units_step(Step(43, "-", 8, 35)), units_step(Step(23, "+", 45, 68))
+    (Step(left=7, op='+', right=8, result=15), Step(left=13, op='-', right=8, result=5), None)
+    """
+    if step.op == "*" or step.right > 9 or step.left < 10:
+        return None
+    units = step.left % 10 + (10 if step.op == "-" and step.left % 10 < step.right else 0)
+    return Step(units, step.op, step.right, OPS[step.op](units, step.right))
 
 
 def render_step(step: Step, lang: str) -> str:
-    """One step as a sentence.
+    """One step as a sentence; a (number) +/- (digit) step first works out its units digit, as one does by hand.
 
     >>> render_step(Step(23, "+", 45, 68), "zh")
     '23 加 45 等于 68。'
+    >>> render_step(Step(47, "+", 8, 55), "en")
+    '7 + 8 = 15, so 47 + 8 = 55.'
     """
+    hint = units_step(step)
     if lang == "zh":
-        return f"{step.left} {ZH_OPS[step.op]} {step.right} 等于 {step.result}。"
-    return f"{step.left} {step.op} {step.right} = {step.result}."
+        say = lambda s: f"{s.left} {ZH_OPS[s.op]} {s.right} 等于 {s.result}"
+        return f"{say(hint)}，所以 {say(step)}。" if hint else f"{say(step)}。"
+    say = lambda s: f"{s.left} {s.op} {s.right} = {s.result}"
+    return f"{say(hint)}, so {say(step)}." if hint else f"{say(step)}."
 
 
 def render_solution(steps: list[Step], lang: str, rng: random.Random, answer: str | None = None) -> str:
@@ -86,13 +107,18 @@ def arithmetic_steps(operands: list[int], ops: list[str]) -> list[Step]:
 
 
 def make_arithmetic(rng: random.Random, level: int) -> tuple[str, list[Step], list[int]]:
-    """(expression, steps, []) with level + 1 operands; level 3 has one product of small factors; nothing negative."""
+    """(expression, steps, []): a two-digit number and one-digit terms added or subtracted (two at level 1, three at
+    level 2); level 3 is a product of two digits and then two terms. Every +/- step is (running total) +/- (a digit),
+    a fact table a ~4M-parameter model half-learns in a CPU pre-training run; nothing is negative.
+
+    >>> [make_arithmetic(random.Random(1), level)[0] for level in (1, 2, 3)]
+    ['42 + 2 + 8', '25 + 8 + 8 - 8', '8 * 8 + 8 - 8']
+    """
     while True:
-        ops = [rng.choice("+-") for _ in range(level)]
-        operands = [rng.randint(1, 99) for _ in range(level + 1)]
+        ops = [rng.choice("+-") for _ in range(min(level, 2) + 1)]
+        operands = [rng.randint(10, 99)] + [rng.randint(1, 9) for _ in ops]
         if level >= 3:
-            i = rng.randrange(level)
-            ops[i], operands[i], operands[i + 1] = "*", rng.randint(2, 12), rng.randint(2, 9)
+            operands[0], ops = rng.randint(2, 9), ["*", *ops[1:]]
         steps = arithmetic_steps(operands, ops)
         if all(s.result >= 0 for s in steps):
             expr = " ".join(f"{o} {v}" for o, v in zip(ops, operands[1:]))
@@ -235,9 +261,9 @@ def reasoning_split(seed: int, split: str, n: int, seen: set) -> list[tuple[dict
     return [tuple(item) for item in unique_split(make, random.Random(f"{seed}/reasoning/{split}"), n, seen, split)]
 
 
-def cold_start_reasoning(row: dict, steps: list[Step]) -> str:
-    """A longer English chain of thought: the steps, the conclusion, then a check line."""
-    body = render_solution(steps, "en", random.Random(0), answer=completion_answer(row))
+def cold_start_reasoning(row: dict, steps: list[Step], lang: str = "en", rng: random.Random | None = None) -> str:
+    """A longer chain of thought: the steps (in `lang`), the conclusion, then a check line in English."""
+    body = render_solution(steps, lang, rng or random.Random(0), answer=completion_answer(row))
     if row["task"] == "countdown":
         check = (f"Check: {completion_answer(row)} = {row['answer']}, and it uses "
                  f"{', '.join(map(str, row['numbers']))} each exactly once.")
@@ -263,9 +289,14 @@ def chat_row(row: dict, response: str, prefix: str) -> dict:
             "response": response, "answer": row["answer"], "numbers": row["numbers"]}
 
 
-def cold_start_rows(problems: list, rng: random.Random, broken_frac: float) -> list[dict]:
-    """Chat rows in the cold-start format; round(broken_frac * len) of them deliberately out of format."""
-    rows = [chat_row(row, formats.cold_start_response(cold_start_reasoning(row, steps),
+def pick_lang(rng: random.Random, lang_mix: dict[str, float]) -> str:
+    return rng.choices(list(lang_mix), weights=list(lang_mix.values()))[0]
+
+
+def cold_start_rows(problems: list, rng: random.Random, broken_frac: float, lang_mix: dict[str, float]) -> list[dict]:
+    """Chat rows in the cold-start format, each chain of thought in a language drawn from `lang_mix` (R1's cold-start
+    data was refined R1-Zero output, and refining leaves some mixing); round(broken_frac * len) rows out of format."""
+    rows = [chat_row(row, formats.cold_start_response(cold_start_reasoning(row, steps, pick_lang(rng, lang_mix), rng),
                                                       f"The answer is \\boxed{{{completion_answer(row)}}}."), "cold")
             for row, steps in problems]
     for j, i in enumerate(sorted(rng.sample(range(len(rows)), round(broken_frac * len(rows))))):
@@ -282,13 +313,14 @@ def r1_zero_doc(prompt: str, solution: str, answer: str, sloppy: int | None) -> 
 
 
 def pretrain_docs(problems: list, general: list[dict], rng: random.Random, lang_mix: dict[str, float],
-                  sloppy_frac: float) -> list[str]:
-    """One document per train problem (half R1-Zero layout, half Question/Solution/Answer) and per general row."""
+                  sloppy_frac: float, r1_zero_frac: float) -> list[str]:
+    """One document per train problem (a fraction in the R1-Zero layout, the rest as the shorter Question/Solution/
+    Answer) and one per general row."""
     docs = []
     for row, steps in problems:
         answer = completion_answer(row)
-        solution = render_solution(steps, rng.choices(list(lang_mix), weights=list(lang_mix.values()))[0], rng, answer)
-        if rng.random() < 0.5:
+        solution = render_solution(steps, pick_lang(rng, lang_mix), rng, answer)
+        if rng.random() < r1_zero_frac:
             docs.append(r1_zero_doc(row["prompt"], solution, answer,
                                     rng.randrange(3) if rng.random() < sloppy_frac else None))
         else:
@@ -311,14 +343,17 @@ def write_jsonl(path: Path, rows: list[dict]) -> int:
 
 
 def write_world(out_dir: str | Path, seed: int = 0, sizes: dict | None = None, lang_mix: dict | None = None,
-                broken_frac: float = 0.02, sloppy_frac: float = 0.2, fact_repeats: int = 3) -> dict:
+                cold_start_lang_mix: dict | None = None, broken_frac: float = 0.02, sloppy_frac: float = 0.2,
+                r1_zero_frac: float = 0.25, fact_repeats: int = 3) -> dict:
     """Write every file of the demo world under `out_dir` and return the manifest (also in manifest.json)."""
     unknown = set(sizes or {}) - set(DEFAULT_SIZES)
     if unknown:
         raise ValueError(f"write_world: unknown sizes {sorted(unknown)}; known: {sorted(DEFAULT_SIZES)}")
     s, lang_mix = {**DEFAULT_SIZES, **(sizes or {})}, dict(lang_mix or DEFAULT_LANG_MIX)
-    if set(lang_mix) - {"en", "zh", "mixed"} or sum(lang_mix.values()) <= 0:
-        raise ValueError(f"write_world: lang_mix takes weights for 'en', 'zh' and 'mixed', got {lang_mix}")
+    cold_mix = dict(cold_start_lang_mix or DEFAULT_COLD_START_LANG_MIX)
+    for name, mix in (("lang_mix", lang_mix), ("cold_start_lang_mix", cold_mix)):
+        if set(mix) - {"en", "zh", "mixed"} or sum(mix.values()) <= 0:
+            raise ValueError(f"write_world: {name} takes weights for 'en', 'zh' and 'mixed', got {mix}")
     out, rng = Path(out_dir), random.Random(f"{seed}/mix")
     seen: set = set()
     splits = ("test", "val", "train")  # held-out splits first: they stay the same when the train size changes
@@ -332,7 +367,7 @@ def write_world(out_dir: str | Path, seed: int = 0, sizes: dict | None = None, l
     fact_split = {"test": facts[:n_test], "val": facts[n_test : n_test + n_val], "train": facts[n_test + n_val :]}
     general = {split: general_split(seed, split, s[f"n_general_{split}"], fact_split[split], seen)
                for split in splits}
-    docs = pretrain_docs(reasoning["train"], general["train"], rng, lang_mix, sloppy_frac)
+    docs = pretrain_docs(reasoning["train"], general["train"], rng, lang_mix, sloppy_frac, r1_zero_frac)
     rng.shuffle(docs)
     n_val_docs = s["n_pretrain_val"]
     val_docs, train_docs = docs[:n_val_docs], docs[n_val_docs:] + fact_docs(facts, rng, fact_repeats)
@@ -340,15 +375,15 @@ def write_world(out_dir: str | Path, seed: int = 0, sizes: dict | None = None, l
     cold = rng.sample(reasoning["train"], s["n_cold_start"])
     files = {f"reasoning/{k}.jsonl": [row for row, _ in v] for k, v in reasoning.items()}
     files |= {f"general/{k}.jsonl": v for k, v in general.items()}
-    files |= {"cold_start/train.jsonl": cold_start_rows(cold, rng, broken_frac),
-              "cold_start/val.jsonl": cold_start_rows(reasoning["val"][: s["n_cold_start_val"]], rng, 0.0),
+    files |= {"cold_start/train.jsonl": cold_start_rows(cold, rng, broken_frac, cold_mix),
+              "cold_start/val.jsonl": cold_start_rows(reasoning["val"][: s["n_cold_start_val"]], rng, 0.0, cold_mix),
               "general_sft/train.jsonl": [chat_row(r, r["answer"], "sft") for r in general["train"]],
               "general_sft/val.jsonl": [chat_row(r, r["answer"], "sft") for r in general["val"]]}
     for split, split_docs in (("train", train_docs), ("val", val_docs)):
         files[f"pretrain/{split}.jsonl"] = [{"id": f"pretrain-{split}-{i:06d}", "text": t}
                                             for i, t in enumerate(split_docs)]
-    manifest = {"seed": seed, "sizes": s, "lang_mix": lang_mix, "broken_frac": broken_frac, "sloppy_frac": sloppy_frac,
-                "fact_repeats": fact_repeats, "cold_start_broken": round(broken_frac * s["n_cold_start"]),
+    manifest = {"seed": seed, "sizes": s, "lang_mix": lang_mix, "cold_start_lang_mix": cold_mix, "broken_frac": broken_frac, "sloppy_frac": sloppy_frac,
+                "r1_zero_frac": r1_zero_frac, "fact_repeats": fact_repeats, "cold_start_broken": round(broken_frac * s["n_cold_start"]),
                 "rows": {name: write_jsonl(out / name, rows) for name, rows in sorted(files.items())}}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return manifest

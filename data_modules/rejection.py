@@ -1,0 +1,139 @@
+"""Rejection-sampled SFT data (R1 stage 3): the sampler's shards, mixed with general chat rows in every batch.
+
+    data = RejectionSampledDataModule("artifacts/demo/samples", "world/general_sft/train.jsonl", "runs/base/model")
+    data.setup("fit"); batch = next(iter(data.train_dataloader()))  # batch_size=16, ratio=3: 12 reasoning + 4 general
+
+Reads `manifest.json` of a `python -m r1lab.sample` run and the shards it lists (one listed but missing, or rows
+missing from one, is an error), plus general rows (GeneralDataModule's files). A general response in the
+`<reasoning_process>`/`<summary>` layout whose summary is trivial (at most `trivial_chars` characters) is kept as the
+summary alone: R1 gave simple queries no chain of thought. Every training batch holds round(batch_size * ratio /
+(ratio + 1)) reasoning rows and the rest general (R1: ~600k reasoning, ~200k general); an epoch passes once over the
+reasoning rows (the last batch topped up from a fresh permutation), general rows are cycled.
+Simplifications: no length bucketing inside mixed batches; the batch sampler is not split across DDP ranks.
+"""
+
+import json
+import math
+from functools import partial
+from pathlib import Path
+
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+from torch.utils.data import DataLoader
+
+from data_modules.chat import ChatDataModule, Files
+from data_modules.common import encode_chat_rows, pad_batch
+from r1lab.dataio import DataError, read_rows
+from r1lab.formats import SUMMARY, extract_tag
+from r1lab.rewards import is_cold_start_format
+
+
+def drop_trivial_cot(response: str, max_chars: int) -> str:
+    """The summary alone when a cold-start-layout response's summary has at most `max_chars` characters.
+
+    >>> drop_trivial_cot("<reasoning_process>Capitalise it.</reasoning_process><summary>ABC</summary>", 40)
+    'ABC'
+    >>> drop_trivial_cot("<reasoning_process>Long.</reasoning_process><summary>ABC</summary>", 2)[:19]
+    '<reasoning_process>'
+    >>> drop_trivial_cot("SIKIR", 40)
+    'SIKIR'
+    """
+    if not is_cold_start_format(response):
+        return response
+    summary = extract_tag(response, SUMMARY)
+    return summary if len(summary) <= max_chars else response
+
+
+def split_batch(batch_size: int, ratio: float) -> tuple[int, int]:
+    """(reasoning, general) rows per batch for a reasoning:general `ratio`; at least one of each.
+
+    >>> split_batch(16, 3.0), split_batch(4, 1.0), split_batch(2, 100.0)
+    ((12, 4), (2, 2), (1, 1))
+    """
+    if batch_size < 2 or ratio <= 0:
+        raise ValueError(f"mixing needs batch_size >= 2 and ratio > 0, got {batch_size} and {ratio}")
+    reasoning = min(max(round(batch_size * ratio / (ratio + 1)), 1), batch_size - 1)
+    return reasoning, batch_size - reasoning
+
+
+def permutations(n: int, total: int, generator: torch.Generator) -> list[int]:
+    """`total` indices from fresh permutations of range(n), one after another."""
+    out: list[int] = []
+    while len(out) < total:
+        out += torch.randperm(n, generator=generator).tolist()
+    return out[:total]
+
+
+class MixedBatchSampler:
+    """Batches of indices into `reasoning + general` (general indices offset by n_reasoning), each with a fixed
+    number of each kind; a new order every epoch from a generator seeded by `seed`."""
+
+    def __init__(self, n_reasoning: int, n_general: int, batch_size: int, ratio: float, seed: int = 0):
+        self.n_reasoning, self.n_general = n_reasoning, n_general
+        self.per_reasoning, self.per_general = split_batch(batch_size, ratio)
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return math.ceil(self.n_reasoning / self.per_reasoning)
+
+    def __iter__(self):
+        r = permutations(self.n_reasoning, len(self) * self.per_reasoning, self.generator)
+        g = permutations(self.n_general, len(self) * self.per_general, self.generator)
+        for b in range(len(self)):
+            general = g[b * self.per_general:(b + 1) * self.per_general]
+            yield r[b * self.per_reasoning:(b + 1) * self.per_reasoning] + [self.n_reasoning + i for i in general]
+
+
+def shard_files(sample_dir: Path) -> tuple[list[Path], int]:
+    """The shard files a sampling run's manifest lists (those with rows), and the number of rows it recorded."""
+    manifest_path = sample_dir / "manifest.json"
+    if not manifest_path.is_file():
+        raise FileNotFoundError(f"{manifest_path} not found: run `python -m r1lab.sample output_dir={sample_dir}` "
+                                "to the end first (a run without a manifest is unfinished)")
+    manifest = json.loads(manifest_path.read_text())
+    files = [sample_dir / s["file"] for s in manifest["shards"] if s["rows"]]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise DataError(f"{manifest_path}: listed shards are missing: {missing}")
+    if not files:
+        raise DataError(f"{manifest_path}: no sample was accepted ({manifest['counts']})")
+    return files, manifest["rows"]
+
+
+class RejectionSampledDataModule(ChatDataModule):
+    """Chat SFT on rejection-sampled reasoning rows mixed with general rows at `ratio` (reasoning:general) per batch.
+
+    `stats` after `setup()`: {"train": reasoning rows, "general": general rows, "val": ...}, as ChatDataModule's.
+    """
+
+    def __init__(self, sample_dir: str, general_files: Files, tokenizer_path: str, val_files: Files | None = None,
+                 ratio: float = 3.0, trivial_chars: int = 40, max_length: int = 512, batch_size: int = 16,
+                 num_workers: int = 0, seed: int = 0):
+        super().__init__(None, val_files, tokenizer_path, max_length, batch_size, num_workers,
+                         response_check=is_cold_start_format, seed=seed)
+        split_batch(batch_size, ratio)
+        self.sample_dir, self.general_files = Path(sample_dir), general_files
+        self.ratio, self.trivial_chars = ratio, trivial_chars
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.files["train"] is None:
+            self.files["train"], self.expected_rows = shard_files(self.sample_dir)
+        super().setup(stage)
+        if self.stats["train"]["rows"] != self.expected_rows:
+            raise DataError(f"{self.sample_dir}: the shards hold {self.stats['train']['rows']} rows, the manifest "
+                            f"{self.expected_rows}: a shard changed after sampling")
+        if "general" not in self.examples:
+            rows = read_rows(self.general_files, self.columns, nonempty=("prompt", "response"))
+            rows = [row | {"response": drop_trivial_cot(row["response"], self.trivial_chars)} for row in rows]
+            self.examples["general"], self.stats["general"] = encode_chat_rows(self.tokenizer, rows, self.max_length)
+            if not self.examples["general"]:
+                raise DataError(f"{self.general_files}: no usable general rows ({self.stats['general']})")
+            rank_zero_info(f"{type(self).__name__} general ({self.general_files}): {self.stats['general']}")
+
+    def train_dataloader(self) -> DataLoader:
+        if "general" not in self.examples:
+            raise RuntimeError(f"{type(self).__name__}: call setup() before asking for the train dataloader")
+        reasoning, general = self.examples["train"], self.examples["general"]
+        batches = MixedBatchSampler(len(reasoning), len(general), self.batch_size, self.ratio, self.seed)
+        return DataLoader(reasoning + general, batch_sampler=batches, num_workers=self.num_workers,
+                          collate_fn=partial(pad_batch, pad_id=self.tokenizer.pad_token_id))
