@@ -112,8 +112,8 @@ def read_prompts(cfg: DictConfig) -> list[dict]:
     files = OmegaConf.to_object(cfg.data.files) if OmegaConf.is_config(cfg.data.files) else cfg.data.files
     rename = OmegaConf.to_object(cfg.data.rename) if cfg.data.get("rename") else None
     rows = read_rows(files, COLUMNS, rename=rename, split=cfg.data.split, nonempty=("prompt",))
-    where = OmegaConf.to_object(cfg.data.where) if cfg.data.get("where") else None
-    rows = [row | {"answer": str(row["answer"])} for row in spread(select_rows(rows, where), cfg.limit, cfg.seed)]
+    rows = spread(select_rows(rows, cfg.data.get("where")), cfg.limit, cfg.seed)
+    rows = [row | {"answer": str(row["answer"])} for row in rows]
     check_rows(rows)
     return rows
 
