@@ -1,6 +1,7 @@
 """Shared pieces of the DataModules: chat SFT tokenisation, right-padded batches, and length bucketing.
 
-Used by data_modules/chat.py and data_modules/text.py; nothing here is a LightningDataModule.
+Used by data_modules/chat.py, text.py and preferences.py (and the reward-model reward, which encodes as its training
+data did); nothing here is a LightningDataModule.
 
 - `encode_chat` is the one definition of a chat SFT example: the prompt through the chat template (masked from the
   loss token by token), then the response and the end-of-turn token.
@@ -67,6 +68,19 @@ def pad_batch(examples: Sequence[dict], pad_id: int) -> dict[str, torch.Tensor]:
         labels[i, :n] = torch.tensor(e["labels"], dtype=torch.long)
         attention_mask[i, :n] = 1
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def pad_right(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ids [B, T] and attention mask [B, T] (positions of real tokens do not depend on the batch).
+
+    >>> ids, mask = pad_right([[5, 6], [7]], pad_id=0)
+    >>> ids.tolist(), mask.tolist()
+    ([[5, 6], [7, 0]], [[1, 1], [1, 0]])
+    """
+    width = max(len(s) for s in seqs)
+    ids = torch.tensor([list(s) + [pad_id] * (width - len(s)) for s in seqs], dtype=torch.long)
+    mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs], dtype=torch.long)
+    return ids, mask
 
 
 def bucket_batches(indices: Sequence[int], lengths: Sequence[int], batch_size: int, chunk_batches: int = 50,

@@ -1,5 +1,6 @@
 """Shared fixtures: one small demo world and a ~1M-parameter model built offline once per test session, a small
-rejection-sampled set, and `compose_train`, which composes the real `configs/train.yaml` pointed at them."""
+rejection-sampled set, a distillation teacher, stand-in reward models, and `compose_train`, which composes the real
+`configs/train.yaml` pointed at them."""
 
 import os
 from functools import partial
@@ -8,7 +9,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from omegaconf import open_dict
+from omegaconf import OmegaConf, open_dict
 
 from r1lab.utils import ROOT, set_root
 
@@ -91,8 +92,34 @@ def samples_dir(artifacts_dir) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def teacher_dir(artifacts_dir) -> Path:
+    """A stand-in for the stage-3 model where experiment=distill reads its teacher: the tiny model, other weights."""
+    from transformers import AutoTokenizer
+
+    from r1lab.hf import save_pretrained_atomic
+    from r1lab.tiny import build_model
+
+    tokenizer = AutoTokenizer.from_pretrained(artifacts_dir / "models" / "tokenizer")
+    return save_pretrained_atomic(build_model(tokenizer, "tiny", seed=1), tokenizer,
+                                  artifacts_dir / "demo" / "rejection_sft" / "model")
+
+
+@pytest.fixture(scope="session")
+def reward_model_dirs(artifacts_dir) -> dict[str, Path]:
+    """Stand-ins where experiment=all_scenarios_rl reads its reward models: the tiny model with a new scalar head."""
+    from r1lab.hf import load_tokenizer, save_pretrained_atomic
+    from r1lab.reward_model import load_reward_model
+
+    tiny = artifacts_dir / "models" / "tiny"
+    tokenizer = load_tokenizer(tiny)
+    return {name: save_pretrained_atomic(load_reward_model(str(tiny), pad_token_id=tokenizer.pad_token_id), tokenizer,
+                                         artifacts_dir / "demo" / f"reward_model_{name}" / "model")
+            for name in ("helpful", "safety")}
+
+
 @pytest.fixture
-def compose_train(artifacts_dir, samples_dir, tmp_path):
+def compose_train(artifacts_dir, samples_dir, teacher_dir, reward_model_dirs, tmp_path):
     """Compose configs/train.yaml with `overrides`, on the tiny model and small world, writing under tmp_path."""
 
     def _compose(*overrides: str, config_name: str = "train"):
@@ -109,6 +136,11 @@ def compose_train(artifacts_dir, samples_dir, tmp_path):
             cfg.paths.output_dir = str(tmp_path / "run")
             if "model" in cfg and "model.path" not in " ".join(overrides):
                 cfg.model.path = str(artifacts_dir / "models" / "tiny")
+            if "rollout" in cfg and not any(o.startswith("rollout") for o in overrides):
+                # vLLM 0.32 fails to start an engine in a process where an earlier one shut down ("pipeline model
+                # parallel group is not initialized"), so these tests sample with transformers; GRPO on vLLM is
+                # tested in test_rollout_vllm.py
+                cfg.rollout = OmegaConf.load(ROOT / "configs" / "rollout" / "hf.yaml")
             cfg.hydra.runtime.output_dir = str(tmp_path / "run")
         return cfg
 

@@ -75,6 +75,8 @@ def test_model_sizes_and_generation_config(tokenizer):
     vocab = len(tokenizer)
     assert 0.7e6 < count_parameters(tiny) < 1.3e6 and 3e6 < count_parameters(demo) < 4.5e6
     assert 9e6 < count_parameters(medium) < 12e6
+    student = build_model(tokenizer, "student", seed=0)   # the distillation student: under half the demo model
+    assert count_parameters(tiny) < count_parameters(student) < count_parameters(demo) / 2
     assert count_parameters(tiny) == 1_053_824 - (2048 - vocab) * SIZES["tiny"]["hidden_size"]
     assert tiny.lm_head.weight.data_ptr() == tiny.model.embed_tokens.weight.data_ptr()
     ids = tokenizer.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>", "<|pad|>"])

@@ -1,5 +1,6 @@
 """Tests of the demo world (r1lab.world): determinism, disjoint splits, correct answers, formats, languages."""
 
+import hashlib
 import json
 import random
 import re
@@ -184,3 +185,40 @@ def test_bad_sizes_are_named(tmp_path):
         write_world(tmp_path, sizes={**SMALL, "n_facts": 30})
     with pytest.raises(ValueError, match="lang_mix"):
         write_world(tmp_path, sizes=SMALL, lang_mix={"fr": 1.0})
+
+
+# sha256 over (relative path, bytes) of every file `write_world(seed=3, sizes=SMALL)` writes, as the world was when
+# stage 4's preference data was added: models are being measured on this world, so it must not change by accident.
+WORLD_SHA256 = "d2c9e77efbd148f7def3e67263d5f1aed543555151b290de5e8d885ac040705a"
+
+
+def tree_sha256(root: Path, skip: str | None = None) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        rel = path.relative_to(root)
+        if skip is None or rel.parts[0] != skip:
+            digest.update(str(rel).encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def test_world_bytes_are_pinned(world):
+    assert tree_sha256(world) == WORLD_SHA256
+
+
+def test_preference_data_changes_no_other_output(tmp_path):
+    """`r1lab.build` with preference data writes the same world files and tokenizer as the world and tokenizer alone."""
+    from r1lab.build import build_all, ensure_tokenizer
+
+    sizes = {**SMALL, "n_reasoning_train": 300, "n_cold_start": 100}
+    summary = build_all(tmp_path / "with/world", tmp_path / "with/models", seed=3, sizes=[], world_sizes=sizes,
+                        vocab_size=512)
+    assert summary["preferences_built"] and (tmp_path / "with/world/preferences/manifest.json").is_file()
+    write_world(tmp_path / "without/world", seed=3, sizes=sizes)
+    ensure_tokenizer(tmp_path / "without/world", tmp_path / "without/models/tokenizer", 512, rebuild=True)
+    for part in ("world", "models"):
+        assert tree_sha256(tmp_path / "with" / part, skip="preferences") == tree_sha256(tmp_path / "without" / part)
+    summary = build_all(tmp_path / "without/world", tmp_path / "without/models", seed=3, sizes=[], world_sizes=sizes,
+                        vocab_size=512)  # an existing world gains its preference data, nothing else is rebuilt
+    assert summary["preferences_built"] and not summary["world_built"] and not summary["tokenizer_built"]
+    assert tree_sha256(tmp_path / "with/world") == tree_sha256(tmp_path / "without/world")

@@ -1,9 +1,10 @@
 """Build the demo's inputs: the synthetic world, a tokenizer trained on it, and random-init tiny Llama models.
 
 Run: `python -m r1lab.build` (installed as `r1lab-build`); e.g. `r1lab-build model_sizes=[tiny] overwrite=true`.
-Writes `${paths.world_dir}` (see r1lab.world) and `${paths.models_dir}/<size>` (model + tokenizer, a full HF directory),
-plus `${paths.models_dir}/tokenizer` so every size shares one vocabulary. Existing outputs are kept unless
-`overwrite=true`; a stage whose input was rebuilt is rebuilt too. A world built with other settings is an error.
+Writes `${paths.world_dir}` (see r1lab.world; its `preferences/` folder, r1lab.preferences) and
+`${paths.models_dir}/<size>` (model + tokenizer, a full HF directory), plus `${paths.models_dir}/tokenizer` so every
+size shares one vocabulary. Existing outputs are kept unless `overwrite=true`; a stage whose input was rebuilt is
+rebuilt too. A world built with other settings is an error.
 """
 
 import json
@@ -17,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from r1lab import hf
+from r1lab.preferences import write_preferences
 from r1lab.tiny import build_model, build_tokenizer, count_parameters
 from r1lab.utils import ROOT, set_root
 from r1lab.world import DEFAULT_SIZES, write_world
@@ -52,6 +54,19 @@ def ensure_world(world_dir: Path, seed: int, world_sizes: dict | None, world_opt
     return False
 
 
+def ensure_preferences(world_dir: Path, seed: int, rebuild: bool) -> bool:
+    """Write the world's preference data (stage 4) when the world was rebuilt or it is missing; True if written.
+
+    It only reads the world's general rows: a world built before preference data existed gains it, byte for byte
+    unchanged otherwise, and the tokenizer never sees it.
+    """
+    manifest = world_dir / "preferences" / "manifest.json"
+    if rebuild or not manifest.is_file() or json.loads(manifest.read_text(encoding="utf-8"))["seed"] != seed:
+        write_preferences(world_dir, seed)
+        return True
+    return False
+
+
 def ensure_tokenizer(world_dir: Path, tok_dir: Path, vocab_size: int,
                      rebuild: bool) -> tuple[PreTrainedTokenizerBase, bool]:
     """The shared tokenizer, trained on the world's text when missing or `rebuild`; (tokenizer, was_built)."""
@@ -72,13 +87,14 @@ def ensure_tokenizer(world_dir: Path, tok_dir: Path, vocab_size: int,
     return tokenizer, True
 
 
-def build_all(world_dir: str | Path, models_dir: str | Path, seed: int = 0, sizes: list[str] = ("tiny", "demo"),
-              world_sizes: dict | None = None, vocab_size: int = 2048, overwrite: bool = False,
-              world_options: dict | None = None) -> dict:
+def build_all(world_dir: str | Path, models_dir: str | Path, seed: int = 0,
+              sizes: list[str] = ("tiny", "student", "demo"), world_sizes: dict | None = None, vocab_size: int = 2048,
+              overwrite: bool = False, world_options: dict | None = None) -> dict:
     """Write the world, the tokenizer and one random-init model per size; returns what was built with its numbers."""
     world_dir, models_dir = Path(world_dir), Path(models_dir)
     summary: dict = {"world_dir": str(world_dir), "models": {}}
     summary["world_built"] = rebuild = ensure_world(world_dir, seed, world_sizes, world_options, overwrite)
+    summary["preferences_built"] = ensure_preferences(world_dir, seed, rebuild)
     tokenizer, rebuild = ensure_tokenizer(world_dir, models_dir / "tokenizer", vocab_size, rebuild or overwrite)
     summary["tokenizer_built"], summary["vocab_size"] = rebuild, len(tokenizer)
     for size in sizes:

@@ -93,3 +93,21 @@ def reasoning_of(text: str) -> str:
     if f"</{THINK}>" in text:  # R1-Zero completions start inside the prompt's open <think>
         return text.split(f"</{THINK}>")[0].strip()
     return text.strip()
+
+
+def summary_of(text: str) -> str:
+    """What a response says after its chain of thought: the <summary> content, else the text after the closing
+    reasoning (or think) tag, else the whole text (an answer given without a chain of thought).
+
+    >>> summary_of("<reasoning_process>It is 5.</reasoning_process><summary>\\\\boxed{5}</summary>")
+    '\\\\boxed{5}'
+    >>> summary_of(" 2 + 3 = 5. </think> <answer> 5 </answer>"), summary_of("SIKIR")
+    ('<answer> 5 </answer>', 'SIKIR')
+    """
+    found = extract_tag(text, SUMMARY)
+    if found is not None:
+        return found
+    for tag in (REASONING, THINK):
+        if f"</{tag}>" in text:
+            return text.rsplit(f"</{tag}>", 1)[1].strip()
+    return text.strip()

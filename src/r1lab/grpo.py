@@ -119,7 +119,7 @@ class GRPOModule(L.LightningModule):
         completions, columns, prompt_ids = self._sample(batch, G, hp.temperature, seed)
         gen_time = time.perf_counter() - start
         texts = [c.text for c in completions]
-        total, per_reward = weighted_rewards(hp.rewards, texts, columns)
+        total, per_reward = weighted_rewards(hp.rewards, texts, columns, step=self.global_step)
         rewards = torch.tensor(total)                                                      # [N]
         advantages = group_advantages(rewards, G, scale_by_std=hp.scale_by_std)            # [N]
         lengths = torch.tensor([len(c.token_ids) for c in completions], dtype=torch.float)
@@ -129,6 +129,8 @@ class GRPOModule(L.LightningModule):
                  "completion_len_mean": lengths.mean(), "completion_len_max": lengths.max(),
                  "truncated_frac": (~finished).float().mean(), "zero_variance_frac": zero_var.float().mean(),
                  "gen_tokens_per_s": lengths.sum() / gen_time}
+        for kind in sorted({k for k in columns.get("kind", []) if k is not None}):  # per kind: each gets other rewards
+            stats[f"reward_mean_{kind}"] = rewards[torch.tensor([k == kind for k in columns["kind"]])].mean()
         for name, values in per_reward.items():
             scored = torch.tensor([v for v in values if v is not None], dtype=torch.float)
             if len(scored):

@@ -18,10 +18,26 @@ def warmup_cosine_factor(step: int, total_steps: int, warmup_steps: int, min_lr_
     return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def warmup_cosine(optimizer: Optimizer, total_steps: int, warmup_steps: int = 0, min_lr_ratio: float = 0.1) -> LambdaLR:
-    return LambdaLR(optimizer, lambda step: warmup_cosine_factor(step, total_steps, warmup_steps, min_lr_ratio))
+def warmup_cosine(optimizer: Optimizer, total_steps: int, warmup_steps: int = 0, min_lr_ratio: float = 0.1,
+                  schedule_steps: int | None = None) -> LambdaLR:
+    """Warm-up and cosine over the run's `total_steps`, or over `schedule_steps` when set: a run stopped before
+    `schedule_steps` ends partway down the decay, like a checkpoint taken in the middle of pre-training."""
+    steps = total_steps if schedule_steps is None else schedule_steps
+    if steps < total_steps:
+        raise ValueError(f"schedule_steps={schedule_steps} is shorter than the run ({total_steps} steps)")
+    return LambdaLR(optimizer, lambda step: warmup_cosine_factor(step, steps, warmup_steps, min_lr_ratio))
 
 
 def constant(optimizer: Optimizer, total_steps: int, warmup_steps: int = 0) -> LambdaLR:
     """Linear warm-up, then the peak learning rate (R1's RL stages keep lr constant)."""
     return LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / max(1, warmup_steps)))
+
+
+def lightning_optimizers(module, optimizer, scheduler=None) -> dict | Optimizer:
+    """`configure_optimizers` of a module with `.model`: the `_partial_` optimizer over its trainable parameters and,
+    if given, the `_partial_` schedule completed with the run's step count, stepped every optimiser step."""
+    opt = optimizer(params=[p for p in module.model.parameters() if p.requires_grad])
+    if scheduler is None:
+        return opt
+    schedule = scheduler(optimizer=opt, total_steps=module.trainer.estimated_stepping_batches)
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

@@ -3,15 +3,17 @@
 Every reward follows TRL's contract, `reward(completions: list[str], **columns) -> list[float | None]`, where the
 columns are dataset columns as lists (answer=[...], task=[...], numbers=[...]); None means "does not apply".
 Run the doctests: `pytest --doctest-modules src/r1lab/rewards.py`.
-Simplified: no neural reward model (R1 avoided them for reasoning); math answers go through math-verify, whose time
-limit (signal.alarm) works only in the main thread: elsewhere it runs without one, guarded by size caps only.
+Rewards are combined by `weighted_rewards`, which routes each to the rows of the kinds it applies to (by the `kind`
+column) and weights it by a schedule over training steps; r1lab.reward_model scores with a trained reward model.
+Simplified: no neural reward model for reasoning (R1 avoided them there); math answers go through math-verify, whose
+time limit (signal.alarm) works only in the main thread: elsewhere it runs without one, guarded by size caps only.
 """
 
 import ast
 import re
 import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from math_verify import parse, verify
 from math_verify.errors import TimeoutException
@@ -285,22 +287,66 @@ def language_consistency_reward(completions: list, target: str = "en", **_) -> l
     return [language_consistency(reasoning_of(_text(c)), target) for c in completions]
 
 
-def weighted_rewards(rewards: dict, completions: list, columns: dict[str, list]) -> tuple[list[float], dict[str, list]]:
+def schedule_factor(schedule: Mapping | None, step: int) -> float:
+    """The weight factor at training `step` of a piecewise-constant schedule {from step: factor}; 0 before its first
+    step, 1 without a schedule. R1 added its preference rewards for the last 400 of 1,700 steps: {1300: 1.0}.
+
+    >>> schedule_factor(None, 5), schedule_factor({1300: 1.0}, 1299), schedule_factor({1300: 1.0}, 1300)
+    (1.0, 0.0, 1.0)
+    >>> schedule_factor({0: 1.0, "100": 0.5}, 150)
+    0.5
+    """
+    if schedule is None:
+        return 1.0
+    started = sorted((int(s), float(f)) for s, f in schedule.items() if int(s) <= step)
+    return started[-1][1] if started else 0.0
+
+
+def _rows_of(name: str, kinds, columns: dict[str, list], n: int) -> list[int]:
+    """Indices of the rows whose `kind` column is one of `kinds` (all rows when kinds is None)."""
+    if kinds is None:
+        return list(range(n))
+    if "kind" not in columns:
+        raise ValueError(f"reward {name!r} applies to kinds {list(kinds)} but the rows have no 'kind' column")
+    return [i for i, kind in enumerate(columns["kind"]) if kind in kinds]
+
+
+def weighted_rewards(rewards: dict, completions: list, columns: dict[str, list],
+                     step: int = 0) -> tuple[list[float], dict[str, list]]:
     """Score completions with every reward; total = sum of weight x value over the rewards that apply (None skipped).
 
-    rewards: name -> {"fn": reward function, "weight": float (default 1)}
+    rewards: name -> {"fn": reward function, "weight": float (default 1), "kinds": the `kind` column values it
+             applies to (default every row), "schedule": {from step: weight factor} (see schedule_factor)}
     columns: dataset columns, one value per completion.
-    Returns (total per completion, name -> raw values). A completion no reward applies to gets 0.0 (as TRL's nansum).
+    A reward is called on the rows it applies to only, and not at all while its factor is 0; the other rows get None
+    (excluded, not 0). Returns (total per completion, name -> raw values). A completion no reward applies to gets 0.0
+    (as TRL's nansum).
 
     >>> fns = {"acc": {"fn": accuracy_reward}, "lang": {"fn": language_consistency_reward, "weight": 0.5}}
     >>> total, raw = weighted_rewards(fns, [" so 2 + 3 = 5 </think> <answer> 5 </answer>"], {"answer": ["5"]})
     >>> total, raw
     ([1.5], {'acc': [1.0], 'lang': [1.0]})
+    >>> fns = {"acc": {"fn": accuracy_reward, "kinds": ["reasoning"]}, "lang": {"fn": language_consistency_reward,
+    ...        "kinds": ["general"], "schedule": {10: 1.0}}}
+    >>> cols = {"answer": ["5", "ok"], "kind": ["reasoning", "general"]}
+    >>> weighted_rewards(fns, [" so 5 </think> <answer> 5 </answer>"] * 2, cols, step=10)
+    ([1.0, 1.0], {'acc': [1.0, None], 'lang': [None, 1.0]})
+    >>> weighted_rewards(fns, [" so 5 </think> <answer> 5 </answer>"] * 2, cols, step=9)[1]["lang"]
+    [None, None]
     """
-    raw = {name: list(spec["fn"](completions, **columns)) for name, spec in rewards.items()}
-    for name, values in raw.items():
-        if len(values) != len(completions):
-            raise ValueError(f"reward {name!r} returned {len(values)} values for {len(completions)} completions")
-    total = [sum(rewards[name].get("weight", 1.0) * values[i] for name, values in raw.items() if values[i] is not None)
-             for i in range(len(completions))]
+    n, raw, factors = len(completions), {}, {}
+    for name, spec in rewards.items():
+        factors[name] = schedule_factor(spec.get("schedule"), step)
+        rows = _rows_of(name, spec.get("kinds"), columns, n) if factors[name] else []
+        raw[name] = [None] * n
+        if not rows:
+            continue
+        picked = {k: [v[i] for i in rows] for k, v in columns.items()}
+        values = list(spec["fn"]([completions[i] for i in rows], **picked))
+        if len(values) != len(rows):
+            raise ValueError(f"reward {name!r} returned {len(values)} values for {len(rows)} completions")
+        for i, value in zip(rows, values):
+            raw[name][i] = value
+    total = [sum(rewards[name].get("weight", 1.0) * factors[name] * values[i] for name, values in raw.items()
+                 if values[i] is not None) for i in range(n)]
     return [float(t) for t in total], raw

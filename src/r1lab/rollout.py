@@ -1,7 +1,7 @@
 """Sampling completions from a causal LM: the rollout interface of evaluation and GRPO, and its HF implementation.
 
 `RolloutEngine.generate(prompts, sampling)` returns `n` completions per prompt text. `HFRollout` wraps
-`model.generate` (left padding, KV cache); a vLLM engine can implement the same protocol.
+`model.generate` (left padding, KV cache); `r1lab.rollout_vllm.VLLMRollout` implements it on vLLM.
 Usage: `HFRollout(model, tokenizer).generate([render_r1_zero("What is 2 + 3?")], SamplingConfig(n=4))`.
 Simplified: prompts are rendered strings, tokenized without added special tokens (a renderer writes bos or chat
 markers itself, so GRPO re-tokenizes them identically); no stop strings, only eos ids.
@@ -23,6 +23,7 @@ class Completion:
     text: str              # decoded without special tokens
     token_ids: list[int]   # generated ids, up to and including the eos id when finished
     finished: bool         # False: stopped by max_new_tokens before any eos id
+    logprobs: list[float] | None = None  # the sampler's log p of each token, where the engine returns them (vLLM)
 
 
 @dataclass

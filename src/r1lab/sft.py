@@ -12,6 +12,7 @@ import lightning as L
 import torch
 
 from r1lab.hf import check_model_dir, load_model, load_tokenizer
+from r1lab.optim import lightning_optimizers
 
 
 class SFTModule(L.LightningModule):
@@ -32,17 +33,19 @@ class SFTModule(L.LightningModule):
         if self.hparams.gradient_checkpointing:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
-    def _loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean token cross-entropy and the number of target tokens it averages over."""
+    def _loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """Mean token cross-entropy, the number of target tokens it averages over, and named terms of the loss to log
+        beside it (none here; `r1lab.distill.DistillModule` adds its ce and kd)."""
         out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
-        return out.loss, (batch["labels"][:, 1:] != -100).sum()
+        return out.loss, (batch["labels"][:, 1:] != -100).sum(), {}
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss, n_tokens = self._loss(batch)
+        loss, n_tokens, terms = self._loss(batch)
         now = time.perf_counter()
         if self._last_step_time is not None:  # tokens/s over the whole step: data, forward, backward, optimizer
             self.log("train/tokens_per_s", n_tokens / (now - self._last_step_time), on_step=True, on_epoch=False)
         self._last_step_time = now
+        self.log_dict({f"train/{k}": v for k, v in terms.items()}, on_step=True, on_epoch=False)
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
         return loss
 
@@ -50,12 +53,10 @@ class SFTModule(L.LightningModule):
         self._last_step_time = None  # validation time is not training throughput
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        loss, n_tokens = self._loss(batch)
-        self.log("val/loss", loss, on_epoch=True, prog_bar=True, batch_size=int(n_tokens), sync_dist=True)
+        loss, n_tokens, terms = self._loss(batch)
+        n_tokens = int(n_tokens)
+        self.log_dict({f"val/{k}": v for k, v in terms.items()}, on_epoch=True, batch_size=n_tokens, sync_dist=True)
+        self.log("val/loss", loss, on_epoch=True, prog_bar=True, batch_size=n_tokens, sync_dist=True)
 
     def configure_optimizers(self):
-        optimizer = self.hparams.optimizer(params=[p for p in self.model.parameters() if p.requires_grad])
-        if self.hparams.scheduler is None:
-            return optimizer
-        scheduler = self.hparams.scheduler(optimizer=optimizer, total_steps=self.trainer.estimated_stepping_batches)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return lightning_optimizers(self, self.hparams.optimizer, self.hparams.scheduler)
