@@ -17,14 +17,21 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
 
-from data_modules.common import BucketBatchSampler, bucket_batches, encode_chat_rows, pad_batch, padding_fraction
+from data_modules.common import (
+    BucketBatchSampler,
+    SplitLoaders,
+    bucket_batches,
+    encode_chat_rows,
+    pad_batch,
+    padding_fraction,
+)
 from r1lab.dataio import DataError, read_rows
 from r1lab.hf import load_tokenizer
 
 Files = str | Sequence[str]
 
 
-class ChatDataModule(LightningDataModule):
+class ChatDataModule(SplitLoaders, LightningDataModule):
     """Prompt/response rows -> right-padded, length-bucketed batches {input_ids, attention_mask, labels} [B, T].
 
     `stats` after `setup()`: {"train": {rows, kept, too_long, bad_format, tokens, max_tokens}, "val": {...}}.
@@ -83,11 +90,6 @@ class ChatDataModule(LightningDataModule):
         return DataLoader(data, batch_sampler=batches, num_workers=self.num_workers,
                           collate_fn=partial(pad_batch, pad_id=self.tokenizer.pad_token_id))
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader | list:
-        return self._loader("val", shuffle=False) if self.files["val"] is not None else []
 
 
 class GeneralDataModule(ChatDataModule):

@@ -14,7 +14,7 @@ data did); nothing here is a LightningDataModule.
 from collections.abc import Callable, Sequence
 
 import torch
-from torch.utils.data import BatchSampler, Sampler
+from torch.utils.data import BatchSampler, DataLoader, Sampler
 
 IGNORE_INDEX = -100  # label value that the loss skips (prompt and padding positions)
 
@@ -133,3 +133,14 @@ class BucketBatchSampler(BatchSampler):
         indices = list(self.sampler)
         yield from bucket_batches(indices, self.lengths, self.batch_size, self.chunk_batches, self.drop_last,
                                   self.generator if self.shuffle else None)
+
+
+class SplitLoaders:
+    """The train/val dataloaders of a DataModule that builds both with `self._loader(split, shuffle)` and keeps its
+    inputs in `self.files` (no val files: no validation)."""
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        return self._loader("val", shuffle=False) if self.files["val"] is not None else []

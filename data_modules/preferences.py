@@ -21,7 +21,7 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
-from data_modules.common import encode_chat, pad_right
+from data_modules.common import SplitLoaders, encode_chat, pad_right
 from r1lab.dataio import DataError, read_rows
 from r1lab.hf import load_tokenizer
 
@@ -52,7 +52,7 @@ def preference_batch(examples: Sequence[dict], pad_id: int) -> dict[str, torch.T
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
-class PreferenceDataModule(LightningDataModule):
+class PreferenceDataModule(SplitLoaders, LightningDataModule):
     """Preference pairs -> batches of the B chosen then the B rejected responses, labelled 1 and 0.
 
     `stats` after `setup()`: {"train": {rows, too_long, kept, tokens, max_tokens}, "val": {...}}.
@@ -101,11 +101,6 @@ class PreferenceDataModule(LightningDataModule):
                           num_workers=self.num_workers,
                           collate_fn=partial(preference_batch, pad_id=self.tokenizer.pad_token_id))
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader | list:
-        return self._loader("val", shuffle=False) if self.files["val"] is not None else []
 
 
 class PointwisePreferenceDataModule(PreferenceDataModule):

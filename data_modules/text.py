@@ -16,6 +16,7 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
+from data_modules.common import SplitLoaders
 from r1lab.dataio import DataError, read_rows
 from r1lab.hf import load_tokenizer
 
@@ -43,7 +44,7 @@ def block_batch(blocks: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
     return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "labels": input_ids.clone()}
 
 
-class TextDataModule(LightningDataModule):
+class TextDataModule(SplitLoaders, LightningDataModule):
     """Raw-text rows ({"text": ...}) -> batches of packed blocks {input_ids, attention_mask, labels} [B, block_size].
 
     `stats` after `setup()`: {"train": {docs, tokens, blocks, dropped_tokens}, "val": {...}}.
@@ -87,8 +88,3 @@ class TextDataModule(LightningDataModule):
         return DataLoader(self.blocks[split], batch_size=self.batch_size, shuffle=shuffle, generator=generator,
                           num_workers=self.num_workers, collate_fn=block_batch)
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader | list:
-        return self._loader("val", shuffle=False) if self.files["val"] is not None else []
