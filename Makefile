@@ -1,5 +1,6 @@
 # Two commands do everything on a fresh CPU machine:
-#   make demo   set up, then run the tiny end-to-end demo (world -> base -> cold start -> evaluation)
+#   make demo   set up, then run R1's pipeline in miniature (python -m r1lab.pipeline: world -> base -> every stage
+#               -> evaluation -> artifacts/demo/report.md); rerun it to resume
 #   make test   set up if needed, then run the tests
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -19,7 +20,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: setup
-	PY=$(PY) bash scripts/demo.sh
+	$(PY) -m r1lab.pipeline
 
 test: setup
 	$(PY) -m pytest

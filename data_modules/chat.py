@@ -27,6 +27,7 @@ from data_modules.common import (
 )
 from r1lab.dataio import DataError, read_rows
 from r1lab.hf import load_tokenizer
+from r1lab.resume import ResumableDataLoader
 
 Files = str | Sequence[str]
 
@@ -34,15 +35,17 @@ Files = str | Sequence[str]
 class ChatDataModule(SplitLoaders, LightningDataModule):
     """Prompt/response rows -> right-padded, length-bucketed batches {input_ids, attention_mask, labels} [B, T].
 
-    `stats` after `setup()`: {"train": {rows, kept, too_long, bad_format, tokens, max_tokens}, "val": {...}}.
+    `stats` after `setup()`: {"train": {rows, kept, too_long, bad_format, bad_rows, tokens, max_tokens}, "val": ...};
+    `bad_rows` counts the rows `on_error="skip"` dropped (r1lab.dataio), not included in `rows`.
     """
 
     columns = {"prompt": str, "response": str}
 
     def __init__(self, train_files: Files, val_files: Files | None, tokenizer_path: str, max_length: int = 512,
                  batch_size: int = 16, num_workers: int = 0, columns_map: dict[str, str] | None = None,
-                 response_check: Callable[[str], bool] | None = None, seed: int = 0):
+                 response_check: Callable[[str], bool] | None = None, seed: int = 0, on_error: str = "raise"):
         super().__init__()
+        self.on_error = on_error
         self.files = {"train": train_files, "val": val_files}
         self.tokenizer_path, self.max_length, self.batch_size = tokenizer_path, max_length, batch_size
         self.num_workers, self.columns_map, self.seed = num_workers, columns_map, seed
@@ -57,8 +60,11 @@ class ChatDataModule(SplitLoaders, LightningDataModule):
         for split, files in self.files.items():
             if files is None or split in self.examples:
                 continue
-            rows = read_rows(files, self.columns, self.columns_map, nonempty=("prompt", "response"))
+            skipped: list[str] = []
+            rows = read_rows(files, self.columns, self.columns_map, nonempty=("prompt", "response"),
+                             on_error=self.on_error, skipped=skipped)
             examples, stats = encode_chat_rows(self.tokenizer, rows, self.max_length, self.response_check)
+            stats["bad_rows"] = len(skipped)
             if not examples:
                 raise DataError(f"{files}: no usable rows left ({stats}); raise max_length or fix the data")
             self.examples[split], self.stats[split] = examples, stats
@@ -72,7 +78,8 @@ class ChatDataModule(SplitLoaders, LightningDataModule):
         bucketed = bucket_batches(shuffled, lengths, self.batch_size)
         rank_zero_info(
             f"{type(self).__name__} {split} ({files}): kept {s['kept']}/{s['rows']} rows, dropped {s['too_long']} "
-            f"longer than {self.max_length} tokens and {s['bad_format']} badly formatted; {s['tokens']} tokens; "
+            f"longer than {self.max_length} tokens and {s['bad_format']} badly formatted; {s['bad_rows']} bad rows "
+            f"skipped; {s['tokens']} tokens; "
             f"padding {padding_fraction(bucketed, lengths):.1%} bucketed, "
             f"{padding_fraction(plain, lengths):.1%} in random order"
         )
@@ -87,8 +94,9 @@ class ChatDataModule(SplitLoaders, LightningDataModule):
             sampler = SequentialSampler(data)
         batches = BucketBatchSampler(sampler, self.batch_size, drop_last=False,
                                      lengths=[len(e["input_ids"]) for e in data], shuffle=shuffle, seed=self.seed)
-        return DataLoader(data, batch_sampler=batches, num_workers=self.num_workers,
-                          collate_fn=partial(pad_batch, pad_id=self.tokenizer.pad_token_id))
+        loader = ResumableDataLoader if shuffle else DataLoader  # a training loader's position is checkpointed
+        return loader(data, batch_sampler=batches, num_workers=self.num_workers,
+                      collate_fn=partial(pad_batch, pad_id=self.tokenizer.pad_token_id))
 
 
 

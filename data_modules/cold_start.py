@@ -16,6 +16,7 @@ class ColdStartDataModule(ChatDataModule):
     """Chat SFT on cold-start rows; responses not in the cold-start layout are rejected and counted."""
 
     def __init__(self, train_files: Files, val_files: Files | None, tokenizer_path: str, max_length: int = 512,
-                 batch_size: int = 16, num_workers: int = 0, columns_map: dict[str, str] | None = None, seed: int = 0):
+                 batch_size: int = 16, num_workers: int = 0, columns_map: dict[str, str] | None = None, seed: int = 0,
+                 on_error: str = "raise"):
         super().__init__(train_files, val_files, tokenizer_path, max_length, batch_size, num_workers, columns_map,
-                         response_check=is_cold_start_format, seed=seed)
+                         response_check=is_cold_start_format, seed=seed, on_error=on_error)

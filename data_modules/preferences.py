@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 from data_modules.common import SplitLoaders, encode_chat, pad_right
 from r1lab.dataio import DataError, read_rows
 from r1lab.hf import load_tokenizer
+from r1lab.resume import ResumableDataLoader
 
 Files = str | Sequence[str]
 
@@ -55,15 +56,17 @@ def preference_batch(examples: Sequence[dict], pad_id: int) -> dict[str, torch.T
 class PreferenceDataModule(SplitLoaders, LightningDataModule):
     """Preference pairs -> batches of the B chosen then the B rejected responses, labelled 1 and 0.
 
-    `stats` after `setup()`: {"train": {rows, too_long, kept, tokens, max_tokens}, "val": {...}}.
+    `stats` after `setup()`: {"train": {rows, bad_rows, too_long, kept, tokens, max_tokens}, "val": {...}}.
     """
 
     columns = {"prompt": str, "chosen": str, "rejected": str}
     nonempty = ("prompt", "chosen", "rejected")
 
     def __init__(self, train_files: Files, val_files: Files | None, tokenizer_path: str, max_length: int = 512,
-                 batch_size: int = 16, num_workers: int = 0, columns_map: dict[str, str] | None = None, seed: int = 0):
+                 batch_size: int = 16, num_workers: int = 0, columns_map: dict[str, str] | None = None, seed: int = 0,
+                 on_error: str = "raise"):
         super().__init__()
+        self.on_error = on_error
         self.files = {"train": train_files, "val": val_files}
         self.tokenizer_path, self.max_length, self.batch_size = tokenizer_path, max_length, batch_size
         self.num_workers, self.columns_map, self.seed = num_workers, columns_map, seed
@@ -82,11 +85,14 @@ class PreferenceDataModule(SplitLoaders, LightningDataModule):
         for split, files in self.files.items():
             if files is None or split in self.examples:
                 continue
-            rows = read_rows(files, self.columns, self.columns_map, nonempty=self.nonempty)
+            skipped: list[str] = []
+            rows = read_rows(files, self.columns, self.columns_map, nonempty=self.nonempty, on_error=self.on_error,
+                             skipped=skipped)
             encoded = [self.encode(row) for row in rows]
             kept = [e for e in encoded if max(map(len, e["input_ids"])) <= self.max_length]
             lengths = [len(ids) for e in kept for ids in e["input_ids"]]
-            self.stats[split] = {"rows": len(rows), "too_long": len(rows) - len(kept), "kept": len(kept),
+            self.stats[split] = {"rows": len(rows), "bad_rows": len(skipped), "too_long": len(rows) - len(kept),
+                                 "kept": len(kept),
                                  "tokens": sum(lengths), "max_tokens": max(lengths, default=0)}
             if not kept:
                 raise DataError(f"{files}: no usable rows left ({self.stats[split]}); raise max_length")
@@ -97,7 +103,8 @@ class PreferenceDataModule(SplitLoaders, LightningDataModule):
         if split not in self.examples:
             raise RuntimeError(f"{type(self).__name__}: call setup() before asking for the {split} dataloader")
         generator = torch.Generator().manual_seed(self.seed) if shuffle else None
-        return DataLoader(self.examples[split], batch_size=self.batch_size, shuffle=shuffle, generator=generator,
+        loader = ResumableDataLoader if shuffle else DataLoader  # a training loader's position is checkpointed
+        return loader(self.examples[split], batch_size=self.batch_size, shuffle=shuffle, generator=generator,
                           num_workers=self.num_workers,
                           collate_fn=partial(preference_batch, pad_id=self.tokenizer.pad_token_id))
 

@@ -12,13 +12,16 @@ across DDP ranks.
 """
 
 from collections.abc import Sequence
+from functools import partial
 
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
 from data_modules.rejection import MixedBatchSampler, split_batch
-from r1lab.dataio import read_rows, select_rows
+from r1lab.dataio import DataError, read_rows, select_rows
+from r1lab.hf import load_tokenizer
+from r1lab.resume import ResumableDataLoader
 
 Files = str | Sequence[str]
 
@@ -33,38 +36,95 @@ def collate_columns(rows: list[dict]) -> dict[str, list]:
     return {name: [row.get(name) for row in rows] for name in names}
 
 
+def prompt_row_problem(row: dict, kind: str | None = None) -> str | None:
+    """What makes a prompt row unusable for checked rewards, or None (`kind` is the default for rows without one):
+    a row of any kind but `general` needs a non-blank gold answer, a countdown row its list of numbers.
+
+    >>> prompt_row_problem({"prompt": "2+2?", "answer": " "}), prompt_row_problem({"answer": "", "kind": "general"})
+    ("field 'answer' is empty (a gold answer is needed unless the row's kind is 'general')", None)
+    >>> prompt_row_problem({"answer": "7", "task": "countdown", "numbers": "3 4"})
+    "field 'numbers': task 'countdown' needs a list of numbers, got str"
+    """
+    if row.get("kind", kind) != "general" and not str(row.get("answer", "")).strip():
+        return "field 'answer' is empty (a gold answer is needed unless the row's kind is 'general')"
+    if row.get("task") == "countdown" and not isinstance(row.get("numbers"), list):
+        return f"field 'numbers': task 'countdown' needs a list of numbers, got {type(row.get('numbers')).__name__}"
+    return None
+
+
+def drop_long_prompts(rows: list[dict], tokenizer, max_tokens: int | None) -> tuple[list[dict], int]:
+    """The rows whose prompt is at most `max_tokens` tokens (all when None), and how many were dropped."""
+    if max_tokens is None:
+        return rows, 0
+    lengths = [len(ids) for ids in tokenizer([r["prompt"] for r in rows], add_special_tokens=False).input_ids]
+    kept = [r for r, n in zip(rows, lengths, strict=True) if n <= max_tokens]
+    return kept, len(rows) - len(kept)
+
+
 def read_prompts(files: Files, columns_map: dict[str, str] | None, where: dict[str, list] | None,
-                 kind: str | None) -> list[dict]:
-    """Prompt rows with `answer` as text, those `where` selects, `kind` filled in where a row has none."""
-    rows = read_rows(files, PromptDataModule.columns, rename=columns_map, nonempty=("prompt",))
+                 kind: str | None, on_error: str = "raise", skipped: list[str] | None = None) -> list[dict]:
+    """Prompt rows with `answer` as text, those `where` selects, `kind` filled in where a row has none; a row with
+    an empty answer (unless of kind general) or a countdown row without numbers is a bad row (r1lab.dataio)."""
+    rows = read_rows(files, PromptDataModule.columns, rename=columns_map, nonempty=("prompt",), on_error=on_error,
+                     skipped=skipped, row_check=partial(prompt_row_problem, kind=kind))
     default = {} if kind is None else {"kind": kind}
     return [default | row | {"answer": str(row["answer"])} for row in select_rows(rows, where)]
 
 
 class PromptDataModule(LightningDataModule):
-    """`kind` (e.g. "reasoning") fills the `kind` column of rows without one: rewards are routed by it."""
+    """`kind` (e.g. "reasoning") fills the `kind` column of rows without one: rewards are routed by it.
+
+    With `tokenizer_path` and `max_prompt_length`, prompts of more tokens are dropped and counted (the rollout
+    engine's context must hold the rendered prompt and its completion). `on_error="skip"` drops bad rows instead of
+    stopping. `stats` after `setup()`: {"train": {rows, bad_rows, too_long, kept}, "val": {...}}.
+    """
 
     columns = {"prompt": str, "answer": (str, int, float)}
+    drop_last = True  # training batches are full: a step's prompts x num_generations stays what the config says
 
     def __init__(self, train_files: Files, val_files: Files | None = None, batch_size: int = 16,
                  val_batch_size: int = 64, val_limit: int | None = None, columns_map: dict[str, str] | None = None,
-                 where: dict[str, list] | None = None, num_workers: int = 0, kind: str | None = None):
+                 where: dict[str, list] | None = None, num_workers: int = 0, kind: str | None = None,
+                 on_error: str = "raise", tokenizer_path: str | None = None, max_prompt_length: int | None = None):
         super().__init__()
+        if max_prompt_length is not None and tokenizer_path is None:
+            raise ValueError("max_prompt_length needs tokenizer_path (prompt lengths are counted in tokens)")
         self.files = {"train": train_files, "val": val_files}
         self.batch_size, self.val_batch_size, self.val_limit = batch_size, val_batch_size, val_limit
         self.columns_map, self.where, self.num_workers, self.kind = columns_map, where, num_workers, kind
+        self.on_error, self.tokenizer_path, self.max_prompt_length = on_error, tokenizer_path, max_prompt_length
+        self.tokenizer = None
         self.rows: dict[str, list[dict]] = {}
+        self.stats: dict[str, dict[str, int]] = {}
+
+    def _read(self, split: str, files: Files, where: dict[str, list] | None, kind: str | None) -> list[dict]:
+        """Rows of one split, bad rows (on_error=skip) and over-long prompts dropped, counted in `stats` and logged."""
+        skipped: list[str] = []
+        rows = read_prompts(files, self.columns_map, where, kind, self.on_error, skipped)
+        if self.max_prompt_length is not None and self.tokenizer is None:
+            self.tokenizer = load_tokenizer(self.tokenizer_path)
+        kept, too_long = drop_long_prompts(rows, self.tokenizer, self.max_prompt_length)
+        self.stats[split] = {"rows": len(rows) + len(skipped), "bad_rows": len(skipped), "too_long": too_long,
+                             "kept": len(kept)}
+        if not kept:
+            raise DataError(f"{files}: no usable prompts left ({self.stats[split]}); raise max_prompt_length")
+        longer = f" and {too_long} longer than {self.max_prompt_length} tokens" if self.max_prompt_length else ""
+        rank_zero_info(f"{type(self).__name__} {split} ({files}): kept {len(kept)} prompts, dropped {len(skipped)} bad "
+                       f"rows{longer}")
+        return kept
 
     def setup(self, stage: str | None = None) -> None:
         for split, files in self.files.items():
             if files is None or split in self.rows:
                 continue
-            rows = read_prompts(files, self.columns_map, self.where, self.kind)
+            rows = self._read(split, files, self.where, self.kind)
             self.rows[split] = rows[: self.val_limit] if split == "val" and self.val_limit else rows
-            rank_zero_info(f"{type(self).__name__} {split}: {len(self.rows[split])} prompts from {files}")
+        if self.drop_last and "train" in self.rows and len(self.rows["train"]) < self.batch_size:
+            raise DataError(f"{self.files['train']}: {len(self.rows['train'])} training prompts, fewer than one batch "
+                            f"(batch_size={self.batch_size}; the last incomplete batch is dropped): lower batch_size")
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.rows["train"], batch_size=self.batch_size, shuffle=True, drop_last=True,
+        return ResumableDataLoader(self.rows["train"], batch_size=self.batch_size, shuffle=True, drop_last=True,
                           collate_fn=collate_columns, num_workers=self.num_workers)
 
     def val_dataloader(self) -> DataLoader | list:
@@ -82,26 +142,28 @@ class MixedPromptDataModule(PromptDataModule):
     general ones are cycled (data_modules.rejection.MixedBatchSampler).
     """
 
+    drop_last = False  # MixedBatchSampler tops the last batch up
+
     def __init__(self, train_files: Files, general_files: Files, val_files: Files | None = None, ratio: float = 1.0,
                  batch_size: int = 16, val_batch_size: int = 64, val_limit: int | None = None,
                  columns_map: dict[str, str] | None = None, where: dict[str, list] | None = None,
-                 num_workers: int = 0, seed: int = 0):
+                 num_workers: int = 0, seed: int = 0, on_error: str = "raise", tokenizer_path: str | None = None,
+                 max_prompt_length: int | None = None):
         super().__init__(train_files, val_files, batch_size, val_batch_size, val_limit, columns_map, where,
-                         num_workers, kind="reasoning")
+                         num_workers, kind="reasoning", on_error=on_error, tokenizer_path=tokenizer_path,
+                         max_prompt_length=max_prompt_length)
         split_batch(batch_size, ratio)
         self.general_files, self.ratio, self.seed = general_files, ratio, seed
 
     def setup(self, stage: str | None = None) -> None:
         super().setup(stage)
         if "general" not in self.rows:
-            self.rows["general"] = read_prompts(self.general_files, self.columns_map, None, "general")
-            rank_zero_info(f"{type(self).__name__} general: {len(self.rows['general'])} prompts from "
-                           f"{self.general_files}")
+            self.rows["general"] = self._read("general", self.general_files, None, "general")
 
     def train_dataloader(self) -> DataLoader:
         if "general" not in self.rows:
             raise RuntimeError(f"{type(self).__name__}: call setup() before asking for the train dataloader")
         reasoning, general = self.rows["train"], self.rows["general"]
         batches = MixedBatchSampler(len(reasoning), len(general), self.batch_size, self.ratio, self.seed)
-        return DataLoader(reasoning + general, batch_sampler=batches, collate_fn=collate_columns,
+        return ResumableDataLoader(reasoning + general, batch_sampler=batches, collate_fn=collate_columns,
                           num_workers=self.num_workers)

@@ -25,6 +25,7 @@ from data_modules.chat import ChatDataModule, Files
 from data_modules.common import encode_chat_rows, pad_batch
 from r1lab.dataio import DataError, read_rows
 from r1lab.formats import SUMMARY, extract_tag
+from r1lab.resume import ResumableDataLoader
 from r1lab.rewards import is_cold_start_format
 
 
@@ -108,9 +109,9 @@ class RejectionSampledDataModule(ChatDataModule):
 
     def __init__(self, sample_dir: str, general_files: Files, tokenizer_path: str, val_files: Files | None = None,
                  ratio: float = 3.0, trivial_chars: int = 40, max_length: int = 512, batch_size: int = 16,
-                 num_workers: int = 0, seed: int = 0):
+                 num_workers: int = 0, seed: int = 0, on_error: str = "raise"):
         super().__init__(None, val_files, tokenizer_path, max_length, batch_size, num_workers,
-                         response_check=is_cold_start_format, seed=seed)
+                         response_check=is_cold_start_format, seed=seed, on_error=on_error)
         split_batch(batch_size, ratio)
         self.sample_dir, self.general_files = Path(sample_dir), general_files
         self.ratio, self.trivial_chars = ratio, trivial_chars
@@ -119,13 +120,17 @@ class RejectionSampledDataModule(ChatDataModule):
         if self.files["train"] is None:
             self.files["train"], self.expected_rows = shard_files(self.sample_dir)
         super().setup(stage)
-        if self.stats["train"]["rows"] != self.expected_rows:
-            raise DataError(f"{self.sample_dir}: the shards hold {self.stats['train']['rows']} rows, the manifest "
+        held = self.stats["train"]["rows"] + self.stats["train"]["bad_rows"]
+        if held != self.expected_rows:
+            raise DataError(f"{self.sample_dir}: the shards hold {held} rows, the manifest "
                             f"{self.expected_rows}: a shard changed after sampling")
         if "general" not in self.examples:
-            rows = read_rows(self.general_files, self.columns, nonempty=("prompt", "response"))
+            skipped: list[str] = []
+            rows = read_rows(self.general_files, self.columns, nonempty=("prompt", "response"), on_error=self.on_error,
+                             skipped=skipped)
             rows = [row | {"response": drop_trivial_cot(row["response"], self.trivial_chars)} for row in rows]
             self.examples["general"], self.stats["general"] = encode_chat_rows(self.tokenizer, rows, self.max_length)
+            self.stats["general"]["bad_rows"] = len(skipped)
             if not self.examples["general"]:
                 raise DataError(f"{self.general_files}: no usable general rows ({self.stats['general']})")
             rank_zero_info(f"{type(self).__name__} general ({self.general_files}): {self.stats['general']}")
@@ -135,5 +140,5 @@ class RejectionSampledDataModule(ChatDataModule):
             raise RuntimeError(f"{type(self).__name__}: call setup() before asking for the train dataloader")
         reasoning, general = self.examples["train"], self.examples["general"]
         batches = MixedBatchSampler(len(reasoning), len(general), self.batch_size, self.ratio, self.seed)
-        return DataLoader(reasoning + general, batch_sampler=batches, num_workers=self.num_workers,
+        return ResumableDataLoader(reasoning + general, batch_sampler=batches, num_workers=self.num_workers,
                           collate_fn=partial(pad_batch, pad_id=self.tokenizer.pad_token_id))

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 from data_modules.common import SplitLoaders
 from r1lab.dataio import DataError, read_rows
 from r1lab.hf import load_tokenizer
+from r1lab.resume import ResumableDataLoader
 
 Files = str | Sequence[str]
 
@@ -51,8 +52,10 @@ class TextDataModule(SplitLoaders, LightningDataModule):
     """
 
     def __init__(self, train_files: Files, val_files: Files | None, tokenizer_path: str, block_size: int = 256,
-                 batch_size: int = 16, column: str = "text", num_workers: int = 0, seed: int = 0):
+                 batch_size: int = 16, column: str = "text", num_workers: int = 0, seed: int = 0,
+                 on_error: str = "raise"):
         super().__init__()
+        self.on_error = on_error
         self.files = {"train": train_files, "val": val_files}
         self.tokenizer_path, self.block_size, self.batch_size = tokenizer_path, block_size, batch_size
         self.column, self.num_workers, self.seed = column, num_workers, seed
@@ -69,22 +72,26 @@ class TextDataModule(SplitLoaders, LightningDataModule):
         for split, files in self.files.items():
             if files is None or split in self.blocks:
                 continue
-            texts = [row[self.column] for row in read_rows(files, {self.column: str}, nonempty=(self.column,))]
+            skipped: list[str] = []
+            rows = read_rows(files, {self.column: str}, nonempty=(self.column,), on_error=self.on_error, skipped=skipped)
+            texts = [row[self.column] for row in rows]
             docs = self.tokenizer(texts, add_special_tokens=False).input_ids
             blocks = pack_blocks(docs, self.block_size, sep_id)
             tokens = sum(len(d) + 1 for d in docs)
             if len(blocks) == 0:
                 raise DataError(f"{files}: {tokens} tokens, fewer than one block of {self.block_size}")
             self.blocks[split] = blocks
-            self.stats[split] = {"docs": len(docs), "tokens": tokens, "blocks": len(blocks),
+            self.stats[split] = {"docs": len(docs), "bad_rows": len(skipped), "tokens": tokens, "blocks": len(blocks),
                                  "dropped_tokens": tokens - blocks.numel()}
-            rank_zero_info(f"TextDataModule {split} ({files}): {len(docs)} documents, {tokens} tokens -> "
+            rank_zero_info(f"TextDataModule {split} ({files}): {len(docs)} documents ({len(skipped)} bad rows "
+                           f"skipped), {tokens} tokens -> "
                            f"{len(blocks)} blocks of {self.block_size} ({tokens - blocks.numel()} tail tokens dropped)")
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         if split not in self.blocks:
             raise RuntimeError(f"TextDataModule: call setup() before asking for the {split} dataloader")
         generator = torch.Generator().manual_seed(self.seed) if shuffle else None
-        return DataLoader(self.blocks[split], batch_size=self.batch_size, shuffle=shuffle, generator=generator,
+        loader = ResumableDataLoader if shuffle else DataLoader  # a training loader's position is checkpointed
+        return loader(self.blocks[split], batch_size=self.batch_size, shuffle=shuffle, generator=generator,
                           num_workers=self.num_workers, collate_fn=block_batch)
 

@@ -79,12 +79,12 @@ def compose_sample(*overrides: str):
 
 @pytest.fixture(scope="session")
 def samples_dir(artifacts_dir) -> Path:
-    """A finished `r1lab.sample` run under artifacts/demo/samples (where experiment=rejection_sft reads): 12 world
+    """A finished `r1lab.sample` run under artifacts/demo/rejection_sampling (where experiment=rejection_sft reads): 12 world
     prompts x the 9 scripted samples in shards of 5 prompts, so each outcome is counted 12 times."""
     from r1lab.dataio import read_rows
     from r1lab.sample import run
 
-    out = artifacts_dir / "demo" / "samples"
+    out = artifacts_dir / "demo" / "rejection_sampling"
     cfg = compose_sample(f"model_dir={artifacts_dir / 'models' / 'tiny'}", f"paths.world_dir={artifacts_dir / 'world'}",
                          f"output_dir={out}", "limit=12", "k=9", "m=1", "shard_size=5")
     rows = read_rows(artifacts_dir / "world" / "reasoning" / "train.jsonl", {"prompt": str})

@@ -149,17 +149,18 @@ def test_over_long_rows_are_dropped_and_counted_never_truncated(tmp_path, tokeni
     too_long = sum(n > max_length for n in lengths)
     assert too_long > 0
     assert data.stats["train"] == {"rows": 12, "bad_format": 0, "too_long": too_long, "kept": 12 - too_long,
-                                        "tokens": sum(n for n in lengths if n <= max_length), "max_tokens": max_length}
+                                   "bad_rows": 0, "tokens": sum(n for n in lengths if n <= max_length),
+                                   "max_tokens": max_length}
     kept = sorted(int(m.sum()) for b in data.val_dataloader() for m in b["attention_mask"])
     assert kept == sorted(n for n in lengths if n <= max_length)  # whole rows only
 
 
 def test_cold_start_rejects_and_counts_bad_format(tmp_path, tokenizer_dir):
     good = [chat_row(i) for i in range(6)]
-    bad = [chat_row(0, "The answer is 3."),
-           chat_row(1, "<reasoning_process>x</reasoning_process>"),
-           chat_row(2, cold_start_response("x", "y") + " trailing"),
-           chat_row(3, cold_start_response("<think>x</think>", "y"))]
+    bad = [chat_row(6, "The answer is 3."),
+           chat_row(7, "<reasoning_process>x</reasoning_process>"),
+           chat_row(8, cold_start_response("x", "y") + " trailing"),
+           chat_row(9, cold_start_response("<think>x</think>", "y"))]
     data = ColdStartDataModule(write_jsonl(tmp_path / "t.jsonl", good + bad), None, str(tokenizer_dir), batch_size=4)
     data.setup("fit")
     assert (data.stats["train"]["bad_format"], data.stats["train"]["kept"]) == (4, 6)
@@ -176,7 +177,7 @@ def test_text_blocks_have_fixed_length_and_labels_equal_inputs(tmp_path, tokeniz
     ids = [tokenizer(d["text"], add_special_tokens=False).input_ids for d in docs]
     stream = [t for doc in ids for t in doc + [tokenizer.bos_token_id]]
     n_blocks = len(stream) // 16
-    assert data.stats["train"] == {"docs": len(docs), "tokens": len(stream), "blocks": n_blocks,
+    assert data.stats["train"] == {"docs": len(docs), "bad_rows": 0, "tokens": len(stream), "blocks": n_blocks,
                                    "dropped_tokens": len(stream) - 16 * n_blocks}
     batches = list(data.train_dataloader())
     assert sum(len(b["input_ids"]) for b in batches) == n_blocks
@@ -229,7 +230,7 @@ def test_data_configs_instantiate_and_load(tmp_path, tokenizer_dir, name):
 def test_prompts_keep_only_the_rows_where_selects(tmp_path):
     from data_modules import PromptDataModule
 
-    rows = [{"prompt": f"q{i}", "answer": i, "task": ["arithmetic", "countdown"][i % 2]} for i in range(6)]
+    rows = [{"prompt": f"q{i}", "answer": i, "task": ["arithmetic", "countdown"][i % 2], "numbers": [i]} for i in range(6)]
     path = write_jsonl(tmp_path / "prompts.jsonl", rows)
     data = PromptDataModule(str(path), str(path), batch_size=2, where={"task": ["arithmetic"]})
     data.setup("fit")

@@ -145,7 +145,8 @@ def test_preference_batches_hold_chosen_then_rejected(tmp_path, tokenizer_dir):
 
 def test_mixed_prompts_batches_hold_both_kinds(tmp_path):
     reasoning = write_jsonl(tmp_path / "r.jsonl", [{"id": f"r{i}", "prompt": f"{i} + 1?", "answer": i + 1,
-                                                    "task": "arithmetic" if i % 2 else "countdown"} for i in range(12)])
+                                                    "task": "arithmetic" if i % 2 else "countdown", "numbers": [i, 1]}
+                                                   for i in range(12)])
     general = write_jsonl(tmp_path / "g.jsonl",
                           [{"id": f"g{i}", "prompt": f"say {i}", "answer": str(i)} for i in range(3)])
     vault = write_jsonl(tmp_path / "v.jsonl", [{"id": "v0", "kind": "general", "prompt": "code?", "answer": "",

@@ -10,6 +10,7 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_info
 
+from r1lab.deepspeed_utils import full_state_dict, is_zero3
 from r1lab.hf import save_pretrained_atomic
 
 
@@ -18,8 +19,12 @@ class HFExport(L.Callback):
         self.out_dir = Path(out_dir)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.is_global_zero and not trainer.interrupted:
-            save_pretrained_atomic(pl_module.model, pl_module.tokenizer, self.out_dir)
+        if trainer.interrupted:
+            return
+        # under DeepSpeed ZeRO-3 each rank holds a shard: all ranks gather, layer by layer, and rank 0 writes
+        state = full_state_dict(pl_module.model) if is_zero3(pl_module.model) else None
+        if trainer.is_global_zero:
+            save_pretrained_atomic(pl_module.model, pl_module.tokenizer, self.out_dir, state_dict=state)
             rank_zero_info(f"Saved the model in Hugging Face format to {self.out_dir}")
 
 

@@ -7,20 +7,28 @@ user's columns to ours and checks each row. A bad row stops the run with a `Data
 
     rows = read_rows("world/cold_start/train.jsonl", {"prompt": str, "response": str}, nonempty=("prompt", "response"))
 
+Rows with an `id` must have distinct ids across all the sources of one call (a file listed twice, or two merged
+shards, would otherwise train on duplicates silently). `on_error="skip"` drops bad rows instead of stopping (bad
+bytes or JSON on a line, a missing, wrongly typed or empty field, a duplicated id), counts them and logs a warning;
+problems with a whole file (missing, empty, a directory without data files, a missing parquet column) always stop.
+
 Simplifications: everything is read into memory as a list of dicts (fine up to a few million rows); only the
 top-level type of a field is checked (a list's elements are not); extra columns are kept untouched.
 """
 
 import json
+import logging
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 DATA_SUFFIXES = (".jsonl", ".parquet")
+ON_ERROR = ("raise", "skip")
 TypeSpec = type | tuple[type, ...]
+log = logging.getLogger(__name__)
 
 
 class DataError(ValueError):
@@ -89,53 +97,98 @@ def check_row(row: Any, columns: Mapping[str, TypeSpec], rename: Mapping[str, st
     return row
 
 
-def _parse_jsonl(path: Path) -> Iterable[tuple[int, Any]]:
-    """(1-based line number, parsed JSON value) for each non-blank line; DataError on bad bytes or JSON."""
+def _parse_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
+    """(`file:line`, parsed JSON value or the DataError of that line) for each non-blank line (bad bytes or JSON)."""
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, 1):
+            where = f"{path}:{lineno}"
             try:
                 text = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
             except UnicodeDecodeError as e:
                 bad = raw[e.start:e.start + 4]
-                raise DataError(f"{path}:{lineno}: not valid UTF-8 (byte {e.start} of the line: {bad!r})") from None
+                yield where, DataError(f"{where}: not valid UTF-8 (byte {e.start} of the line: {bad!r})")
+                continue
             if not text.strip():
                 continue
             try:
-                yield lineno, json.loads(text)
+                yield where, json.loads(text)
             except json.JSONDecodeError as e:
-                reason = f"{e.msg} at column {e.colno}; truncated line?"
-                raise DataError(f"{path}:{lineno}: invalid JSON ({reason})") from None
+                yield where, DataError(f"{where}: invalid JSON ({e.msg.removesuffix(' at')} at column {e.colno}; "
+                                      "truncated line?)")
+            except RecursionError:
+                yield where, DataError(f"{where}: invalid JSON (nested too deeply)")
 
 
-def _read_jsonl(path: Path, columns, rename, nonempty) -> list[dict]:
-    rows = [check_row(value, columns, rename, nonempty, f"{path}:{lineno}") for lineno, value in _parse_jsonl(path)]
-    if not rows:
+class _Rows:
+    """Checked rows of one `read_rows` call, the bad ones raised or skipped and counted, ids checked for duplicates."""
+
+    def __init__(self, columns, rename, nonempty, on_error: str, row_check: Callable[[dict], str | None] | None):
+        if on_error not in ON_ERROR:
+            raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+        self.columns, self.rename, self.nonempty, self.on_error = columns, rename, nonempty, on_error
+        self.row_check = row_check
+        self.rows: list[dict] = []
+        self.skipped: list[str] = []
+        self.ids: dict[Any, str] = {}
+
+    def add(self, where: str, value: Any) -> None:
+        try:
+            if isinstance(value, DataError):
+                raise value
+            row = check_row(value, self.columns, self.rename, self.nonempty, where)
+            problem = self.row_check(row) if self.row_check is not None else None
+            if problem:
+                raise DataError(f"{where}: {problem}")
+            self._check_id(row, where)
+        except DataError as e:
+            if self.on_error == "raise":
+                raise e from None
+            self.skipped.append(str(e))
+            return
+        self.rows.append(row)
+
+    def _check_id(self, row: dict, where: str) -> None:
+        if row.get("id") is None:
+            return
+        key = row["id"] if isinstance(row["id"], (str, int, float)) else repr(row["id"])
+        if key in self.ids:
+            raise DataError(f"{where}: field 'id': duplicate id {row['id']!r} (first at {self.ids[key]}); ids must be "
+                            "unique: is a file listed twice? (on_error=skip drops the repeats)")
+        self.ids[key] = where
+
+
+def _read_jsonl(path: Path, out: _Rows) -> None:
+    lines = 0
+    for where, value in _parse_jsonl(path):
+        lines += 1
+        out.add(where, value)
+    if not lines:
         raise DataError(f"{path}: file is empty (no JSON lines)")
-    return rows
 
 
-def _check_table(records: list[dict], names: list[str], columns, rename, nonempty, label: str) -> list[dict]:
+def _check_table(records: list[dict], names: list[str], out: _Rows, label: str) -> None:
     """Validate rows of a columnar source (parquet or `datasets`), reporting a missing column once, not per row."""
     if not records:
         raise DataError(f"{label}: no rows")
-    for theirs, ours in rename.items():
+    for theirs, ours in out.rename.items():
         if theirs not in names:
             raise DataError(f"{label}: missing field '{theirs}' (mapped to '{ours}'); columns present: {names}")
-    renamed = {rename.get(n, n) for n in names}
-    for name in columns:
+    renamed = {out.rename.get(n, n) for n in names}
+    for name in out.columns:
         if name not in renamed:
             raise DataError(f"{label}: missing field '{name}'; columns present: {names}")
-    return [check_row(r, columns, rename, nonempty, f"{label}: row {i}") for i, r in enumerate(records)]
+    for i, r in enumerate(records):
+        out.add(f"{label}: row {i}", r)
 
 
-def _read_parquet(path: Path, columns, rename, nonempty) -> list[dict]:
+def _read_parquet(path: Path, out: _Rows) -> None:
     import pyarrow.parquet as pq
 
     try:
         table = pq.read_table(path)
     except Exception as e:  # pyarrow raises several types for corrupt files; name the file either way
         raise DataError(f"{path}: cannot read as parquet ({e})") from None
-    return _check_table(table.to_pylist(), table.column_names, columns, rename, nonempty, str(path))
+    _check_table(table.to_pylist(), table.column_names, out, str(path))
 
 
 @contextmanager
@@ -152,7 +205,7 @@ def _offline():
         datasets.config.HF_HUB_OFFLINE, huggingface_hub.constants.HF_HUB_OFFLINE = saved
 
 
-def _read_datasets(source: str, split: str, columns, rename, nonempty) -> list[dict]:
+def _read_datasets(source: str, split: str, out: _Rows) -> None:
     """A `save_to_disk` directory, or a local/cached `load_dataset` source; never downloads."""
     import datasets
 
@@ -176,7 +229,7 @@ def _read_datasets(source: str, split: str, columns, rename, nonempty) -> list[d
         loaded, label = loaded[split], f"{source} [{split}]"
     else:
         label = source
-    return _check_table(loaded.to_list(), list(loaded.column_names), columns, rename, nonempty, label)
+    _check_table(loaded.to_list(), list(loaded.column_names), out, label)
 
 
 def _is_datasets_dir(path: Path) -> bool:
@@ -199,35 +252,41 @@ def looks_like_hub_name(source: str) -> bool:
     return hub_id and not source.endswith(DATA_SUFFIXES)
 
 
-def _read_one(source: str | os.PathLike, columns, rename, nonempty, split: str) -> list[dict]:
+def _read_one(source: str | os.PathLike, split: str, out: _Rows) -> None:
     path = Path(source)
     if path.is_file():
         if path.suffix == ".jsonl":
-            return _read_jsonl(path, columns, rename, nonempty)
+            return _read_jsonl(path, out)
         if path.suffix == ".parquet":
-            return _read_parquet(path, columns, rename, nonempty)
+            return _read_parquet(path, out)
         raise DataError(f"{path}: unsupported file type '{path.suffix}' (expected .jsonl or .parquet)")
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in DATA_SUFFIXES)
         if files:
-            return [row for f in files for row in _read_one(f, columns, rename, nonempty, split)]
+            for f in files:
+                _read_one(f, split, out)
+            return None
         if not _is_datasets_dir(path):
             raise DataError(f"{path}: directory has no .jsonl or .parquet files and is not a `datasets` directory")
-        return _read_datasets(str(path), split, columns, rename, nonempty)
+        return _read_datasets(str(path), split, out)
     if path.suffix in DATA_SUFFIXES or not looks_like_hub_name(str(source)):
         raise FileNotFoundError(f"{source}: no such file or directory")
-    return _read_datasets(str(source), split, columns, rename, nonempty)
+    return _read_datasets(str(source), split, out)
 
 
 def read_rows(source: str | os.PathLike | Sequence[str | os.PathLike], columns: Mapping[str, TypeSpec],
               rename: Mapping[str, str] | None = None, split: str = "train",
-              nonempty: Iterable[str] = ()) -> list[dict]:
+              nonempty: Iterable[str] = (), on_error: str = "raise", skipped: list[str] | None = None,
+              row_check: Callable[[dict], str | None] | None = None) -> list[dict]:
     """All rows of `source` (one source or a list of them, concatenated in order) as dicts with our column names.
 
     columns:  required fields and their types, e.g. {"prompt": str, "answer": str, "numbers": list}
     rename:   the user's column -> ours, e.g. {"question": "prompt"}, applied before checking
     split:    the split to take from a `datasets` DatasetDict
     nonempty: string fields that must not be blank
+    on_error: "raise" stops at the first bad row; "skip" drops bad rows, logs how many, and appends the error
+              message of each to `skipped` (when given)
+    row_check: row (renamed, checked) -> what is wrong with it ("field 'x': ...") or None; a bad row like any other
     """
     if isinstance(source, (str, os.PathLike)):
         sources = [source]
@@ -235,8 +294,17 @@ def read_rows(source: str | os.PathLike | Sequence[str | os.PathLike], columns: 
         sources = list(source)
         if not sources:
             raise DataError("read_rows: empty list of sources")
-    rename, nonempty = dict(rename or {}), tuple(nonempty)
-    return [row for s in sources for row in _read_one(s, columns, rename, nonempty, split)]
+    out = _Rows(columns, dict(rename or {}), tuple(nonempty), on_error, row_check)
+    for s in sources:
+        _read_one(s, split, out)
+    if skipped is not None:
+        skipped.extend(out.skipped)
+    if out.skipped:
+        log.warning("%s: skipped %d bad rows (on_error=skip), kept %d; first: %s", source, len(out.skipped),
+                    len(out.rows), out.skipped[0])
+    if not out.rows:
+        raise DataError(f"{source}: no usable rows ({len(out.skipped)} bad rows skipped; first: {out.skipped[0]})")
+    return out.rows
 
 
 def select_rows(rows: list[dict], where: Mapping[str, Sequence] | None) -> list[dict]:

@@ -104,8 +104,8 @@ def generalized_jsd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, 
 
 def check_same_vocab(student_path: str, teacher_path: str) -> None:
     """Fail before any weights load unless the two models' output vocabularies have the same size."""
-    student, teacher = (AutoConfig.from_pretrained(str(check_model_dir(p))).vocab_size
-                        for p in (student_path, teacher_path))
+    student, teacher = (AutoConfig.from_pretrained(str(check_model_dir(p, ("config", "weights")))).vocab_size
+                        for p in (student_path, teacher_path))  # a teacher needs no tokenizer: it reads the student's
     if student != teacher:
         raise ValueError(f"teacher {teacher_path} has a vocabulary of {teacher} tokens and student {student_path} one "
                          f"of {student}: distillation compares next-token distributions, so both need one tokenizer")

@@ -4,6 +4,9 @@ Samples k completions per prompt (R1's evaluation: T=0.6, top-p 0.95) with the c
 pass@1, cons@k, format compliance, language mixing, truncation and length, overall and pass@1 per task. Writes
 metrics.json, metrics.md and samples.jsonl to the run directory. The `template` group decides how prompts are rendered
 (R1-Zero text or chat template), where the answer is read from and which format reward applies.
+With `judges` configured (`eval_set=all_scenarios`), rows of kind `general` (general questions, vault-code requests)
+are judged instead (r1lab.judges: helpfulness, unsafe, leak, format_general) and the metrics above cover the other
+rows only; `where` and `limit` select the checked rows, `limit_general` the judged ones.
 Simplified: one process; the whole evaluation set is generated in one `generate` call (batched inside the engine).
 """
 
@@ -17,8 +20,10 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from r1lab.atomic import write_atomic
 from r1lab.dataio import read_rows, select_rows
 from r1lab.hf import load_model, load_tokenizer
+from r1lab.judges import judge_groups, split_kinds
 from r1lab.metrics import EvalMetrics, score_group
 from r1lab.rewards import CHECK_FAILURES
 from r1lab.rollout import RolloutEngine, SamplingConfig
@@ -26,7 +31,7 @@ from r1lab.utils import ROOT, set_root
 
 set_root()
 
-COLUMNS = {"prompt": str, "answer": (str, int, float)}  # optional: task (str), numbers (list of int, for countdown), id
+COLUMNS = {"prompt": str, "answer": (str, int, float)}  # optional: task, numbers (countdown), id, kind, secret
 
 
 @dataclass
@@ -63,22 +68,24 @@ def spread(rows: list, limit: int | None, seed: int = 0) -> list:
 
 def evaluate(model_dir: str, rows: list[dict], template: Template, rollout_factory: Callable[..., RolloutEngine],
              sampling: SamplingConfig, k: int, dtype: str = "float32", language: str = "en",
-             n_samples: int = 8) -> dict:
-    """Generate k completions per row and score them.
+             n_samples: int = 8, judges: dict[str, Callable] | None = None) -> dict:
+    """Generate k completions per row and score them: checked rows by their answers, and with `judges` (name ->
+    `judge(completions, **columns)`, see r1lab.judges) the rows of kind `general` by the judges.
 
     rollout_factory(model=, tokenizer=) -> engine (e.g. a partial of HFRollout). Returns {"metrics": name -> value,
-    "speed": generation timing, "samples": the completions of the first `n_samples` prompts}.
+    "speed": generation timing, "samples": the completions of the first `n_samples` prompts of each kind}.
     """
     check_rows(rows)
+    checked, judged = split_kinds(rows, bool(judges))
     tokenizer = load_tokenizer(model_dir)
     engine = rollout_factory(model=load_model(model_dir, dtype).eval(), tokenizer=tokenizer)
-    prompts = [template.render(row["prompt"], tokenizer=tokenizer) for row in rows]
+    prompts = [template.render(row["prompt"], tokenizer=tokenizer) for row in checked + judged]
     failures_before = sum(CHECK_FAILURES.values())
     start = time.perf_counter()
     groups = engine.generate(prompts, replace(sampling, n=k))                     # [len(rows)][k]
     seconds = time.perf_counter() - start
     metrics, samples = EvalMetrics(k), []
-    for i, (row, group) in enumerate(zip(rows, groups, strict=True)):
+    for i, (row, group) in enumerate(zip(checked, groups[:len(checked)], strict=True)):
         texts = [c.text for c in group]
         scores = score_group(texts, [len(c.token_ids) for c in group], [c.finished for c in group], row,
                              template.extract, template.format_reward, language)
@@ -88,7 +95,14 @@ def evaluate(model_dir: str, rows: list[dict], template: Template, rollout_facto
                          "extracted": template.extract(c.text), "finished": c.finished} for c in group]
     tokens = sum(len(c.token_ids) for group in groups for c in group)
     failures = sum(CHECK_FAILURES.values()) - failures_before
-    result = metrics.compute() | {"prompts": len(rows), "check_failures": failures}
+    result = metrics.compute() | {"prompts": len(checked), "check_failures": failures}
+    if judged:
+        texts = [[c.text for c in group] for group in groups[len(checked):]]
+        judged_metrics, judge_scores = judge_groups(judges, judged, texts, template.format_reward)
+        result |= judged_metrics
+        samples += [{"id": row.get("id", i), "kind": row["kind"], "prompt": prompts[len(checked) + i], "completion": t,
+                     **{name: s[i * k + j] for name, s in judge_scores.items()}}
+                    for i, row in enumerate(judged[:n_samples]) for j, t in enumerate(texts[i])]
     speed = {"generate_s": round(seconds, 3), "tokens": tokens, "tokens_per_s": round(tokens / max(seconds, 1e-9), 1)}
     return {"metrics": result, "speed": speed, "samples": samples}
 
@@ -123,24 +137,28 @@ def write_report(out_dir: Path, name: str, result: dict, info: dict) -> None:
     """metrics.json (metrics, speed and the run's settings), metrics.md and samples.jsonl in `out_dir`."""
     out_dir.mkdir(parents=True, exist_ok=True)
     report = {"name": name, **info, "metrics": result["metrics"], "speed": result["speed"]}
-    (out_dir / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out_dir / "metrics.md").write_text(metrics_table({name: result["metrics"]}) + "\n")
-    with open(out_dir / "samples.jsonl", "w") as f:
-        f.writelines(json.dumps(s, ensure_ascii=False) + "\n" for s in result["samples"])
+    # each file written whole or not at all (r1lab.atomic); metrics.json last, so its presence means a finished report
+    write_atomic(out_dir / "samples.jsonl",
+                 "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in result["samples"]).encode())
+    write_atomic(out_dir / "metrics.md", (metrics_table({name: result["metrics"]}) + "\n").encode())
+    write_atomic(out_dir / "metrics.json", (json.dumps(report, indent=2) + "\n").encode())
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
     """Config -> rows -> evaluate -> report files; returns the metrics."""
     files = OmegaConf.to_object(cfg.data.files) if OmegaConf.is_config(cfg.data.files) else cfg.data.files
     rename = OmegaConf.to_object(cfg.data.rename) if cfg.data.get("rename") else None
-    rows = read_rows(files, COLUMNS, rename=rename, split=cfg.data.split, nonempty=("prompt",))
-    rows = spread(select_rows(rows, cfg.data.get("where")), cfg.limit)
+    judges = {name: hydra.utils.instantiate(spec) for name, spec in (cfg.get("judges") or {}).items()}
+    checked, judged = split_kinds(read_rows(files, COLUMNS, rename=rename, split=cfg.data.split, nonempty=("prompt",)),
+                                  bool(judges))
+    rows = spread(select_rows(checked, cfg.data.get("where")), cfg.limit) + spread(judged, cfg.get("limit_general"))
     rows = [row | {"answer": str(row["answer"])} for row in rows]
     sampling = hydra.utils.instantiate(cfg.sampling)
     result = evaluate(cfg.model_dir, rows, hydra.utils.instantiate(cfg.template), hydra.utils.instantiate(cfg.rollout),
-                      sampling, cfg.k, dtype=cfg.dtype, language=cfg.language, n_samples=cfg.n_samples)
+                      sampling, cfg.k, dtype=cfg.dtype, language=cfg.language, n_samples=cfg.n_samples, judges=judges)
     name = cfg.name or Path(cfg.model_dir).name
-    info = {"model_dir": str(cfg.model_dir), "data": files, "k": cfg.k, "sampling": asdict(replace(sampling, n=cfg.k))}
+    info = {"model_dir": str(cfg.model_dir), "data": files, "k": cfg.k, "sampling": asdict(replace(sampling, n=cfg.k)),
+            "judges": OmegaConf.to_container(cfg.judges, resolve=True) if cfg.get("judges") else None}
     write_report(Path(cfg.output_dir), name, result, info)
     print(metrics_table({name: result["metrics"]}))
     print(f"generation: {result['speed']}; report in {cfg.output_dir}")

@@ -18,8 +18,11 @@ from functools import partial
 import lightning as L
 import torch
 
+from r1lab.deepspeed_utils import copy_weights, deepspeed_engine, gathered_for_generation, is_zero3, start_micro_batch
+from r1lab.formats import reasoning_of
 from r1lab.hf import check_model_dir, load_model, load_tokenizer
-from r1lab.rewards import weighted_rewards
+from r1lab.metrics import is_mixed, mean
+from r1lab.rewards import check_failures, language_consistency, weighted_rewards
 from r1lab.rl import group_advantages, grpo_loss, token_entropy, token_logprobs
 from r1lab.rollout import SamplingConfig
 
@@ -84,7 +87,8 @@ class GRPOModule(L.LightningModule):
                  aggregation: str = "seq_mean_token_mean", scale_by_std: bool = True, ref_refresh_steps: int | None = None,
                  mask_truncated: bool = False, drop_zero_variance: bool = False, micro_batch_size: int = 64,
                  max_grad_norm: float | None = 1.0, val_reward: str = "accuracy", val_samples: int = 1,
-                 val_temperature: float = 0.6, log_completions_every: int = 10, seed: int = 0):
+                 val_temperature: float = 0.6, log_completions_every: int = 10, seed: int = 0,
+                 language: str = "en"):
         super().__init__()
         self.save_hyperparameters(logger=False)
         check_model_dir(model_path)
@@ -96,16 +100,24 @@ class GRPOModule(L.LightningModule):
             return
         self.model = load_model(self.hparams.model_path, self.hparams.dtype)
         self.tokenizer = load_tokenizer(self.hparams.model_path)
-        if self.hparams.kl_coef > 0:
-            self.ref_model = deepcopy(self.model).eval().requires_grad_(False)
+        if self.hparams.kl_coef > 0:  # under ZeRO-3 a copy of partitioned parameters is no model: load it again
+            zero3 = is_zero3(self.model)
+            ref = load_model(self.hparams.model_path, self.hparams.dtype) if zero3 else deepcopy(self.model)
+            self.ref_model = ref.eval().requires_grad_(False)
         self.engine = self.hparams.rollout(model=self.model, tokenizer=self.tokenizer)
+
+    def on_train_start(self) -> None:
+        if self.trainer.ckpt_path:  # resumed: the engine was built before the checkpoint's weights were loaded
+            self.engine.update_weights(self.model)
 
     # ---- rollout: sample, score, advantages -------------------------------------------------------------------
     def _sample(self, batch: dict[str, list], n: int, temperature: float, seed: int):
         prompts = [self.hparams.prompt_template(p, tokenizer=self.tokenizer) for p in batch["prompt"]]
         sampling = SamplingConfig(n=n, temperature=temperature, top_p=self.hparams.top_p,
                                   max_new_tokens=self.hparams.max_new_tokens, seed=seed)
-        groups = self.engine.generate(prompts, sampling)                                  # [prompts][n]
+        gather = getattr(self.engine, "uses_training_weights", False)  # HF generate: the training model's weights
+        with gathered_for_generation(self.model, deepspeed_engine(self), enabled=gather):  # whole under ZeRO-3
+            groups = self.engine.generate(prompts, sampling)                              # [prompts][n]
         completions = [c for group in groups for c in group]
         columns = {k: [v for v in values for _ in range(n)] for k, values in batch.items()}
         prompt_ids = [ids for ids in self.tokenizer(prompts, add_special_tokens=False).input_ids for _ in range(n)]
@@ -119,6 +131,7 @@ class GRPOModule(L.LightningModule):
         completions, columns, prompt_ids = self._sample(batch, G, hp.temperature, seed)
         gen_time = time.perf_counter() - start
         texts = [c.text for c in completions]
+        failures = check_failures()
         total, per_reward = weighted_rewards(hp.rewards, texts, columns, step=self.global_step)
         rewards = torch.tensor(total)                                                      # [N]
         advantages = group_advantages(rewards, G, scale_by_std=hp.scale_by_std)            # [N]
@@ -128,7 +141,10 @@ class GRPOModule(L.LightningModule):
         stats = {"reward_mean": rewards.mean(), "reward_std": rewards.std() if len(rewards) > 1 else torch.tensor(0.0),
                  "completion_len_mean": lengths.mean(), "completion_len_max": lengths.max(),
                  "truncated_frac": (~finished).float().mean(), "zero_variance_frac": zero_var.float().mean(),
-                 "gen_tokens_per_s": lengths.sum() / gen_time}
+                 "gen_tokens_per_s": lengths.sum() / gen_time,
+                 "reward_errors": torch.tensor(float(check_failures() - failures)),  # checker errors and timeouts
+                 "lang_mix": torch.tensor(mean([is_mixed(language_consistency(reasoning_of(t), hp.language))
+                                                for t in texts]))}
         for kind in sorted({k for k in columns.get("kind", []) if k is not None}):  # per kind: each gets other rewards
             stats[f"reward_mean_{kind}"] = rewards[torch.tensor([k == kind for k in columns["kind"]])].mean()
         for name, values in per_reward.items():
@@ -170,7 +186,7 @@ class GRPOModule(L.LightningModule):
         if self.lr_schedulers() is not None:
             self.lr_schedulers().step()
         if hp.ref_refresh_steps and self.ref_model is not None and (self.global_step + 1) % hp.ref_refresh_steps == 0:
-            self.ref_model.load_state_dict(self.model.state_dict())
+            copy_weights(self.model, self.ref_model)
         self.log("train/reward_mean", stats.pop("reward_mean"), prog_bar=True, on_step=True, on_epoch=False)
         self.log_dict({f"train/{k}": v for k, v in stats.items()}, on_step=True, on_epoch=False,
                       batch_size=len(batch["prompt"]))
@@ -179,9 +195,12 @@ class GRPOModule(L.LightningModule):
         hp, opt = self.hparams, self.optimizers()
         n, width, start = rollout.input_ids.size(0), rollout.completion_mask.size(1), time.perf_counter()
         sums: dict[str, float] = {}
+        ds_engine = deepspeed_engine(self)
         for _ in range(hp.mu):
             opt.zero_grad()
-            for idx in torch.arange(n, device=self.device).split(hp.micro_batch_size):
+            micro_batches = torch.arange(n, device=self.device).split(hp.micro_batch_size)
+            for i, idx in enumerate(micro_batches):
+                start_micro_batch(ds_engine, last=i == len(micro_batches) - 1)  # DeepSpeed: accumulate, step at last
                 mb = rollout.select(idx)
                 logprobs, entropy = completion_logprobs(self.model, mb.input_ids, mb.attention_mask, width, entropy=True)
                 old = mb.old_logprobs if mb.old_logprobs is not None else logprobs.detach()

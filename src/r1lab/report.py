@@ -1,16 +1,21 @@
 """Put several evaluations side by side: `python -m r1lab.report base=<eval dir> cold_start=<eval dir> [--out FILE]`.
 
 Each argument names a row and points at an `r1lab.eval` output directory (or its metrics.json). Prints one markdown
-table and, with --out, writes it to a file.
+table and, with --out, writes it to a file; an evaluation with judges (`eval_set=all_scenarios`) adds the general
+prompts' helpfulness, unsafe and leak columns. `pipeline_report` writes a pipeline's report.md: that table for every
+model the pipeline evaluated, PNG curves of its RL stages (reward, val pass@1, language mixing, response length) and
+each stage's wall time.
 """
 
 import argparse
+import csv
 import json
 from pathlib import Path
 
 from r1lab.eval import metrics_table
 
-COLUMNS = ("pass@1", "format", "lang_mix", "length", "answered", "truncated", "prompts")
+COLUMNS = ("pass@1", "format", "lang_mix", "length", "answered", "truncated", "prompts",
+           "helpfulness", "unsafe", "leak", "format_general", "prompts_general")   # the last: judged rows (r1lab.judges)
 
 
 def load_metrics(path: str | Path) -> dict:
@@ -47,3 +52,63 @@ def main(argv: list[str] | None = None) -> str:
 
 if __name__ == "__main__":
     main()
+
+
+CURVES = {  # plot file -> (metric logged by GRPOModule, y label)
+    "reward.png": ("train/reward_mean", "mean reward"),
+    "pass_at_1.png": ("val/pass@1", "val pass@1"),
+    "lang_mix.png": ("train/lang_mix", "language-mixing rate"),
+    "length.png": ("train/completion_len_mean", "response length (tokens)"),
+}
+
+
+def read_curve(metrics_csv: Path, name: str) -> tuple[list[int], list[float]]:
+    """(steps, values) of one metric in a Lightning CSVLogger's metrics.csv; rows without it are skipped."""
+    with open(metrics_csv, newline="") as f:
+        points = [(int(row["step"]), float(row[name])) for row in csv.DictReader(f) if row.get(name) not in (None, "")]
+    return [s for s, _ in points], [v for _, v in points]
+
+
+def plot_curves(runs: dict[str, Path], out_dir: Path) -> list[str]:
+    """One PNG per curve in CURVES, a line per RL run (name -> its metrics.csv); returns the files written."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    for file, (metric, label) in CURVES.items():
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        for run, metrics_csv in runs.items():
+            steps, values = read_curve(metrics_csv, metric)
+            if steps:
+                ax.plot(steps, values, label=run, marker="." if len(steps) < 20 else None)
+        if ax.lines:
+            ax.set(xlabel="RL step", ylabel=label, title=label)
+            ax.legend()
+            fig.tight_layout()
+            fig.savefig(out_dir / file, dpi=100)
+            written.append(file)
+        plt.close(fig)
+    return written
+
+
+def pipeline_report(out_dir: Path, lineage: dict, curves: list[str]) -> Path:
+    """`report.md` of a pipeline: the evaluation table of every model, the RL curves, and each stage's wall time."""
+    stages = lineage["stages"]
+    evals = {name.removeprefix("eval_"): s["outputs"]["metrics"] for name, s in stages.items()
+             if name.startswith("eval_") and s.get("status") == "done"}
+    runs = {name: Path(stages[name]["outputs"]["model"]).parent / "csv" / "metrics.csv" for name in curves
+            if stages.get(name, {}).get("status") == "done"}
+    plots = plot_curves({n: p for n, p in runs.items() if p.is_file()}, out_dir)
+    walls = [(name, s.get("wall_s"), s.get("resumed_from")) for name, s in stages.items()]
+    lines = [f"# Pipeline {lineage['pipeline_id']}", "",
+             ("Every model evaluated on the same held-out sets (`python -m r1lab.eval`, settings in each stage's "
+              "`.hydra/config.yaml`)."), "", comparison(evals) if evals else "(no evaluation has finished)", ""]
+    lines += [f"![{p}]({p})" for p in plots] + ["", "| stage | wall (min) | resumed from |", "|---|---|---|"]
+    lines += [f"| {n} | {w / 60:.1f} | {r or '-'} |" if w is not None else f"| {n} | - | {r or '-'} |"
+              for n, w, r in walls]
+    total = sum(w for _, w, _ in walls if w is not None)
+    lines += ["", f"Total wall time of the stages: {total / 60:.1f} min."]
+    path = out_dir / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path

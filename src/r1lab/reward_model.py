@@ -23,6 +23,7 @@ from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
 from transformers import AutoModelForSequenceClassification, PreTrainedModel
 
 from data_modules.common import encode_chat, pad_right
+from r1lab.deepspeed_utils import zero3_loading
 from r1lab.hf import check_model_dir, load_tokenizer
 from r1lab.optim import lightning_optimizers
 
@@ -59,8 +60,9 @@ def load_reward_model(path: str, dtype: str = "float32", pad_token_id: int | Non
     """A scalar-head model: a saved reward model, or a causal LM given a new head. The score is read at the last token
     that is not `pad_token_id`, so it must be set (and differ from eos, or the score is read before the eos)."""
     extra = {} if pad_token_id is None else {"pad_token_id": pad_token_id}
-    return AutoModelForSequenceClassification.from_pretrained(
-        str(check_model_dir(path)), num_labels=1, dtype=getattr(torch, dtype), attn_implementation="sdpa", **extra)
+    with zero3_loading():  # configure_model under ZeRO-3: load into the partitioned parameters
+        return AutoModelForSequenceClassification.from_pretrained(
+            str(check_model_dir(path)), num_labels=1, dtype=getattr(torch, dtype), attn_implementation="sdpa", **extra)
 
 
 class RewardModelModule(L.LightningModule):

@@ -27,6 +27,12 @@ MATH_TIMEOUT_S = 2                   # per math-verify parse / compare, main thr
 _POWER_TOWER = re.compile(r"(\^|\*\*)[\s{(]*[\w.]+[\s})]*(\^|\*\*)")  # 10**10**10, 2^{2^{9}}: sympy would hang on them
 
 
+def check_failures() -> int:
+    """Checker errors and timeouts so far, all tasks together; GRPO logs the increase over a step as
+    `train/reward_errors` (a wrong or unparseable answer is not an error: it scores 0 and is not counted)."""
+    return sum(CHECK_FAILURES.values())
+
+
 def _normalise(text: str, case_sensitive: bool) -> str:
     """Whitespace collapsed, ', ' list separators, one trailing period dropped, optionally lower-cased.
 

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 AGGREGATIONS = ("seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm")
+MAX_LOG_RATIO = 20.0  # log-ratios are clamped to +-this before exp: a stale old log-prob cannot overflow to inf/NaN
 
 
 def group_advantages(rewards: torch.Tensor, group_size: int, scale_by_std: bool = True, eps: float = 1e-4) -> torch.Tensor:
@@ -34,8 +35,10 @@ def k3_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
 
     >>> k3_kl(torch.tensor([-1.0]), torch.tensor([-1.0]))
     tensor([0.])
+    >>> bool(torch.isfinite(k3_kl(torch.tensor([-500.0]), torch.tensor([-0.1]))).all())  # log-ratio clamped before exp
+    True
     """
-    delta = ref_logprobs - logprobs
+    delta = (ref_logprobs - logprobs).clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO)
     return torch.exp(delta) - delta - 1
 
 
@@ -71,10 +74,17 @@ def grpo_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: to
     >>> loss, stats = grpo_loss(lp, lp, torch.tensor([1.0, -1.0]), torch.ones(2, 3))
     >>> loss.item(), stats["ratio_mean"].item()
     (0.0, 1.0)
+
+    The log-ratio is clamped to +-MAX_LOG_RATIO before exp, so a stale or corrupt old log-prob gives a finite loss:
+
+    >>> lp = torch.zeros(2, 3, requires_grad=True)
+    >>> loss, _ = grpo_loss(lp, torch.full((2, 3), -1e4), torch.tensor([1.0, -1.0]), torch.ones(2, 3))
+    >>> loss.backward(); bool(torch.isfinite(loss)), bool(torch.isfinite(lp.grad).all())
+    (True, True)
     """
     mask = mask.to(logprobs.dtype)
     adv = advantages.unsqueeze(1)                                                   # [N, 1]
-    ratio = torch.exp(logprobs - old_logprobs)                                      # [N, T]
+    ratio = torch.exp((logprobs - old_logprobs).clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO))  # [N, T]
     clipped = ratio.clamp(1 - clip_low, 1 + clip_high)                             # [N, T]
     per_token = -torch.minimum(ratio * adv, clipped * adv)                          # [N, T]
     stats = {}

@@ -103,6 +103,8 @@ class HFRollout:
     x 32 tokens): fp32 ~500 tok/s, bf16 autocast ~110 tok/s, bf16 weights ~110 tok/s, so it stays off there.
     """
 
+    uses_training_weights = True  # generates with the training model itself: under ZeRO-3 GRPO gathers it first
+
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, batch_size: int = 64,
                  autocast: bool = False):
         if tokenizer.pad_token_id is None:

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from r1lab.deepspeed_utils import gathered
 from r1lab.rollout import Completion, SamplingConfig, eos_ids, split_completion
 
 CACHE = Path(tempfile.gettempdir()) / "r1lab-vllm"
@@ -86,8 +87,10 @@ class VLLMRollout:
 
     @torch.no_grad()
     def update_weights(self, model: PreTrainedModel) -> None:
-        """Copy the model's current weights into the engine and drop the KV cache computed with the old ones."""
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": named_weights(model)})
+        """Copy the model's current weights into the engine and drop the KV cache computed with the old ones.
+        Under ZeRO-3 every rank calls this (GRPO does): the shards are gathered into whole tensors first."""
+        with gathered(model):
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": named_weights(model)})
         self.llm.reset_prefix_cache()
 
     def generate(self, prompts: list[str], sampling: SamplingConfig) -> list[list[Completion]]:

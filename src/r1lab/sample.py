@@ -15,7 +15,6 @@ Simplified: one process; every prompt row is read (and checked) up front; no wal
 
 import hashlib
 import json
-import os
 import random
 import time
 from collections import Counter
@@ -27,24 +26,16 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from r1lab.dataio import read_rows, select_rows
-from r1lab.eval import COLUMNS, check_rows, spread
+from data_modules.prompts import drop_long_prompts, prompt_row_problem
+from r1lab.atomic import write_atomic  # manifests, counts and shards: whole or absent
+from r1lab.dataio import DataError, read_rows, select_rows
+from r1lab.eval import COLUMNS, spread
 from r1lab.filters import KEEP, Filter, screen
 from r1lab.hf import load_model, load_tokenizer
 from r1lab.rollout import RolloutEngine, SamplingConfig
 from r1lab.utils import ROOT, set_root
 
 set_root()
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to a hidden temporary sibling, then rename it over `path` (a reader sees all or nothing)."""
-    tmp = path.parent / f".{path.name}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def jsonl_bytes(rows: list[dict]) -> bytes:
@@ -108,13 +99,22 @@ def summary_table(counts: dict[str, int]) -> str:
 
 
 def read_prompts(cfg: DictConfig) -> list[dict]:
-    """Every prompt row, read and checked before anything loads: a bad row fails with file:line:field."""
+    """Every prompt row, read and checked before the model loads: a bad row fails with file:line:field (or, with
+    `data.on_error=skip`, is dropped and counted); prompts over `data.max_prompt_length` tokens are dropped and counted."""
     files = OmegaConf.to_object(cfg.data.files) if OmegaConf.is_config(cfg.data.files) else cfg.data.files
     rename = OmegaConf.to_object(cfg.data.rename) if cfg.data.get("rename") else None
-    rows = read_rows(files, COLUMNS, rename=rename, split=cfg.data.split, nonempty=("prompt",))
+    skipped: list[str] = []
+    rows = read_rows(files, COLUMNS, rename=rename, split=cfg.data.split, nonempty=("prompt",),
+                     on_error=cfg.data.get("on_error", "raise"), skipped=skipped, row_check=prompt_row_problem)
     rows = spread(select_rows(rows, cfg.data.get("where")), cfg.limit, cfg.seed)
     rows = [row | {"answer": str(row["answer"])} for row in rows]
-    check_rows(rows)
+    max_tokens = cfg.data.get("max_prompt_length")
+    rows, too_long = drop_long_prompts(rows, load_tokenizer(cfg.model_dir) if max_tokens else None, max_tokens)
+    if skipped or too_long:
+        print(f"prompts: dropped {len(skipped)} bad rows (data.on_error=skip) and {too_long} longer than {max_tokens} "
+              f"tokens; {len(rows)} left")
+    if not rows:
+        raise DataError(f"{files}: no prompts left ({len(skipped)} bad rows, {too_long} too long)")
     return rows
 
 

@@ -9,6 +9,8 @@ import hydra
 import lightning as L
 from omegaconf import DictConfig
 
+from r1lab.checks import check_config
+from r1lab.deepspeed_utils import check_config as check_deepspeed
 from r1lab.utils import ROOT, instantiate_each, log_config, metric_value, set_root
 
 set_root()
@@ -16,6 +18,8 @@ set_root()
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit the configured module on the configured data; returns the trainer's final callback metrics."""
+    check_config(cfg)  # config mistakes fail here, before any data or model loads
+    check_deepspeed(cfg)  # a DeepSpeed config that disagrees with the trainer fails here, before anything loads
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     datamodule = hydra.utils.instantiate(cfg.data)
@@ -24,7 +28,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     loggers = instantiate_each(cfg.get("logger"))
     trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     log_config(cfg, loggers)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    # weights_only=False: our own checkpoints keep the module's hyperparameters, Hydra partials included
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=False)
     return {name: float(value) for name, value in trainer.callback_metrics.items()}
 
 

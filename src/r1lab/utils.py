@@ -33,6 +33,9 @@ def metric_value(metrics: dict, name: str | None) -> float | None:
     """The value a sweep optimises; a named metric that was never logged is a config mistake, not a silent None."""
     if not name:
         return None
+    if not metrics:  # resumed from a checkpoint of a finished run: nothing ran, nothing to report
+        print(f"optimized_metric={name!r}: no metric was logged (the run had nothing left to do)")
+        return None
     if name not in metrics:
         raise KeyError(f"optimized_metric={name!r} was not logged; logged metrics: {sorted(metrics)}")
     return float(metrics[name])
