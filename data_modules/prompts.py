@@ -6,9 +6,9 @@
 Every column of a row travels with it, so rewards receive them as keyword arguments (`reward(completions, **columns)`).
 Under DDP, Lightning's DistributedSampler gives each rank its own prompts; the GRPO module samples a whole group per
 prompt, so a group never straddles ranks. `MixedPromptDataModule` mixes reasoning and general prompts in every batch
-(R1's RL for all scenarios; rewards are routed by the `kind` column).
-Simplifications: the rollout engine tokenises, so nothing is tokenised here; the mixed batch sampler is not split
-across DDP ranks.
+(R1's RL for all scenarios; rewards are routed by the `kind` column); under DDP its sampler gives each rank a disjoint
+share of both kinds itself (experiment=all_scenarios_rl sets `trainer.use_distributed_sampler: false`).
+Simplifications: the rollout engine tokenises, so nothing is tokenised here.
 """
 
 from collections.abc import Sequence
@@ -18,7 +18,7 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
-from data_modules.rejection import MixedBatchSampler, split_batch
+from data_modules.rejection import MixedBatchSampler, data_parallel_rank, split_batch
 from r1lab.dataio import DataError, read_rows, select_rows
 from r1lab.hf import load_tokenizer
 from r1lab.resume import ResumableDataLoader
@@ -164,6 +164,8 @@ class MixedPromptDataModule(PromptDataModule):
         if "general" not in self.rows:
             raise RuntimeError(f"{type(self).__name__}: call setup() before asking for the train dataloader")
         reasoning, general = self.rows["train"], self.rows["general"]
-        batches = MixedBatchSampler(len(reasoning), len(general), self.batch_size, self.ratio, self.seed)
+        rank, world_size = data_parallel_rank(self.trainer)
+        batches = MixedBatchSampler(len(reasoning), len(general), self.batch_size, self.ratio, self.seed, rank,
+                                    world_size)
         return ResumableDataLoader(reasoning + general, batch_sampler=batches, collate_fn=collate_columns,
                           num_workers=self.num_workers)

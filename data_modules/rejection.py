@@ -9,7 +9,9 @@ missing from one, is an error), plus general rows (GeneralDataModule's files). A
 summary alone: R1 gave simple queries no chain of thought. Every training batch holds round(batch_size * ratio /
 (ratio + 1)) reasoning rows and the rest general (R1: ~600k reasoning, ~200k general); an epoch passes once over the
 reasoning rows (the last batch topped up from a fresh permutation), general rows are cycled.
-Simplifications: no length bucketing inside mixed batches; the batch sampler is not split across DDP ranks.
+Under DDP each rank trains on its own disjoint share of both kinds (MixedBatchSampler); the experiments that use this
+module set `trainer.use_distributed_sampler: false`, as Lightning cannot put a DistributedSampler into this sampler.
+Simplifications: no length bucketing inside mixed batches.
 """
 
 import json
@@ -65,21 +67,53 @@ def permutations(n: int, total: int, generator: torch.Generator) -> list[int]:
     return out[:total]
 
 
+def data_parallel_rank(trainer) -> tuple[int, int]:
+    """(rank, number of ranks) among which `trainer` splits the data: what Lightning gives a DistributedSampler
+    (`trainer.distributed_sampler_kwargs`); (0, 1) without a trainer or with a single-process strategy."""
+    kwargs = None if trainer is None else trainer.distributed_sampler_kwargs
+    return (0, 1) if kwargs is None else (kwargs["rank"], kwargs["num_replicas"])
+
+
 class MixedBatchSampler:
     """Batches of indices into `reasoning + general` (general indices offset by n_reasoning), each with a fixed
-    number of each kind; a new order every epoch from a generator seeded by `seed`."""
+    number of each kind, for data-parallel rank `rank` of `world_size`.
 
-    def __init__(self, n_reasoning: int, n_general: int, batch_size: int, ratio: float, seed: int = 0):
-        self.n_reasoning, self.n_general = n_reasoning, n_general
+    Each epoch draws one seed from a generator seeded by `seed`, which so advances identically on every rank (and is
+    what ResumableDataLoader saves). From it every rank draws the same permutation of each kind and keeps every
+    `world_size`-th row from its `rank`-th: the ranks' shares are disjoint and differ in size by one row at most. A
+    rank then passes once over its reasoning share in its own order (its last batch topped up from a fresh
+    permutation of the share) and cycles its general share; every rank yields len(self) batches, so DDP's
+    collectives stay in step. One rank of one is the single-process sampler.
+
+    Not a `BatchSampler`: under DDP, Lightning would put a DistributedSampler over `reasoning + general` into one,
+    which splits the kinds unevenly across ranks (unequal batch counts: a hang); this sampler splits them itself.
+    """
+
+    def __init__(self, n_reasoning: int, n_general: int, batch_size: int, ratio: float, seed: int = 0,
+                 rank: int = 0, world_size: int = 1):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not one of world_size={world_size} ranks")
+        if min(n_reasoning, n_general) < world_size:
+            raise ValueError(f"{n_reasoning} reasoning and {n_general} general rows cannot give each of {world_size} "
+                             "ranks rows of both kinds")
+        self.n_reasoning, self.n_general, self.rank, self.world_size = n_reasoning, n_general, rank, world_size
         self.per_reasoning, self.per_general = split_batch(batch_size, ratio)
         self.generator = torch.Generator().manual_seed(seed)
 
     def __len__(self) -> int:
-        return math.ceil(self.n_reasoning / self.per_reasoning)
+        return math.ceil(math.ceil(self.n_reasoning / self.world_size) / self.per_reasoning)
+
+    def _rank_rows(self, n: int, total: int, shared: torch.Generator, own: torch.Generator) -> list[int]:
+        """`total` rows of this rank's share of range(n), in this rank's order (then fresh permutations of it)."""
+        share = torch.randperm(n, generator=shared)[self.rank::self.world_size].tolist()
+        return [share[i] for i in permutations(len(share), total, own)]
 
     def __iter__(self):
-        r = permutations(self.n_reasoning, len(self) * self.per_reasoning, self.generator)
-        g = permutations(self.n_general, len(self) * self.per_general, self.generator)
+        epoch_seed = int(torch.randint(2**62, (), generator=self.generator))
+        shared = torch.Generator().manual_seed(epoch_seed)                  # the same on every rank: the split
+        own = torch.Generator().manual_seed(epoch_seed + 1 + self.rank)     # this rank's order and top-ups
+        r = self._rank_rows(self.n_reasoning, len(self) * self.per_reasoning, shared, own)
+        g = self._rank_rows(self.n_general, len(self) * self.per_general, shared, own)
         for b in range(len(self)):
             general = g[b * self.per_general:(b + 1) * self.per_general]
             yield r[b * self.per_reasoning:(b + 1) * self.per_reasoning] + [self.n_reasoning + i for i in general]
@@ -139,6 +173,8 @@ class RejectionSampledDataModule(ChatDataModule):
         if "general" not in self.examples:
             raise RuntimeError(f"{type(self).__name__}: call setup() before asking for the train dataloader")
         reasoning, general = self.examples["train"], self.examples["general"]
-        batches = MixedBatchSampler(len(reasoning), len(general), self.batch_size, self.ratio, self.seed)
+        rank, world_size = data_parallel_rank(self.trainer)
+        batches = MixedBatchSampler(len(reasoning), len(general), self.batch_size, self.ratio, self.seed, rank,
+                                    world_size)
         return ResumableDataLoader(reasoning + general, batch_sampler=batches, num_workers=self.num_workers,
                           collate_fn=partial(pad_batch, pad_id=self.tokenizer.pad_token_id))
