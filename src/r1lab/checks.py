@@ -19,6 +19,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig
 
+from r1lab.deepspeed_utils import check_config as check_deepspeed
 from r1lab.hf import check_model_dir
 
 MODEL_DIR_KEYS = ("model_path", "teacher_path", "tokenizer_path")
@@ -130,8 +131,10 @@ def optimisation_problems(cfg: DictConfig) -> list[str]:
 
 
 def check_config(cfg: DictConfig) -> None:
-    """Raise ConfigError listing every mistake found (model directories, sizes, optimisation settings); else None."""
+    """Raise ConfigError listing every mistake found (model directories, sizes, optimisation settings), then check a
+    DeepSpeed strategy's config against the trainer (`r1lab.deepspeed_utils.check_config`); else None."""
     problems = model_dir_problems(cfg) + size_problems(cfg) + optimisation_problems(cfg)
     if problems:
         raise ConfigError("the config cannot run; change these settings:\n  - " + "\n  - ".join(problems))
+    check_deepspeed(cfg)
 

@@ -10,7 +10,6 @@ import lightning as L
 from omegaconf import DictConfig
 
 from r1lab.checks import check_config
-from r1lab.deepspeed_utils import check_config as check_deepspeed
 from r1lab.utils import ROOT, instantiate_each, log_config, metric_value, set_root
 
 set_root()
@@ -18,8 +17,7 @@ set_root()
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit the configured module on the configured data; returns the trainer's final callback metrics."""
-    check_config(cfg)  # config mistakes fail here, before any data or model loads
-    check_deepspeed(cfg)  # a DeepSpeed config that disagrees with the trainer fails here, before anything loads
+    check_config(cfg)  # config mistakes (DeepSpeed's included) fail here, before any data or model loads
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     datamodule = hydra.utils.instantiate(cfg.data)
