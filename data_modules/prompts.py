@@ -18,7 +18,7 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
-from data_modules.rejection import MixedBatchSampler, data_parallel_rank, split_batch
+from data_modules.rejection import mixed_loader, split_batch
 from r1lab.dataio import DataError, read_rows, select_rows
 from r1lab.hf import load_tokenizer
 from r1lab.resume import ResumableDataLoader
@@ -163,9 +163,4 @@ class MixedPromptDataModule(PromptDataModule):
     def train_dataloader(self) -> DataLoader:
         if "general" not in self.rows:
             raise RuntimeError(f"{type(self).__name__}: call setup() before asking for the train dataloader")
-        reasoning, general = self.rows["train"], self.rows["general"]
-        rank, world_size = data_parallel_rank(self.trainer)
-        batches = MixedBatchSampler(len(reasoning), len(general), self.batch_size, self.ratio, self.seed, rank,
-                                    world_size)
-        return ResumableDataLoader(reasoning + general, batch_sampler=batches, collate_fn=collate_columns,
-                          num_workers=self.num_workers)
+        return mixed_loader(self, self.rows["train"], self.rows["general"], collate_columns)

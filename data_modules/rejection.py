@@ -74,6 +74,15 @@ def data_parallel_rank(trainer) -> tuple[int, int]:
     return (0, 1) if kwargs is None else (kwargs["rank"], kwargs["num_replicas"])
 
 
+def mixed_loader(module, reasoning: list, general: list, collate_fn) -> DataLoader:
+    """A mixed module's training loader: this rank's batches of `module.ratio` reasoning rows to one general row."""
+    rank, world_size = data_parallel_rank(module.trainer)
+    batches = MixedBatchSampler(len(reasoning), len(general), module.batch_size, module.ratio, module.seed, rank,
+                                world_size)
+    return ResumableDataLoader(reasoning + general, batch_sampler=batches, collate_fn=collate_fn,
+                               num_workers=module.num_workers)
+
+
 class MixedBatchSampler:
     """Batches of indices into `reasoning + general` (general indices offset by n_reasoning), each with a fixed
     number of each kind, for data-parallel rank `rank` of `world_size`.
@@ -172,9 +181,5 @@ class RejectionSampledDataModule(ChatDataModule):
     def train_dataloader(self) -> DataLoader:
         if "general" not in self.examples:
             raise RuntimeError(f"{type(self).__name__}: call setup() before asking for the train dataloader")
-        reasoning, general = self.examples["train"], self.examples["general"]
-        rank, world_size = data_parallel_rank(self.trainer)
-        batches = MixedBatchSampler(len(reasoning), len(general), self.batch_size, self.ratio, self.seed, rank,
-                                    world_size)
-        return ResumableDataLoader(reasoning + general, batch_sampler=batches, num_workers=self.num_workers,
-                          collate_fn=partial(pad_batch, pad_id=self.tokenizer.pad_token_id))
+        return mixed_loader(self, self.examples["train"], self.examples["general"],
+                            partial(pad_batch, pad_id=self.tokenizer.pad_token_id))
