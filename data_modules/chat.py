@@ -26,7 +26,6 @@ from data_modules.common import (
     padding_fraction,
 )
 from r1lab.dataio import DataError, read_rows
-from r1lab.hf import load_tokenizer
 from r1lab.resume import ResumableDataLoader
 
 Files = str | Sequence[str]
@@ -54,21 +53,16 @@ class ChatDataModule(SplitLoaders, LightningDataModule):
         self.examples: dict[str, list[dict]] = {}
         self.stats: dict[str, dict[str, int]] = {}
 
-    def setup(self, stage: str | None = None) -> None:
-        if self.tokenizer is None:
-            self.tokenizer = load_tokenizer(self.tokenizer_path)
-        for split, files in self.files.items():
-            if files is None or split in self.examples:
-                continue
-            skipped: list[str] = []
-            rows = read_rows(files, self.columns, self.columns_map, nonempty=("prompt", "response"),
-                             on_error=self.on_error, skipped=skipped)
-            examples, stats = encode_chat_rows(self.tokenizer, rows, self.max_length, self.response_check)
-            stats["bad_rows"] = len(skipped)
-            if not examples:
-                raise DataError(f"{files}: no usable rows left ({stats}); raise max_length or fix the data")
-            self.examples[split], self.stats[split] = examples, stats
-            self._report(split, files)
+    def _load(self, split: str, files: Files) -> None:
+        skipped: list[str] = []
+        rows = read_rows(files, self.columns, self.columns_map, nonempty=("prompt", "response"),
+                         on_error=self.on_error, skipped=skipped)
+        examples, stats = encode_chat_rows(self.tokenizer, rows, self.max_length, self.response_check)
+        stats["bad_rows"] = len(skipped)
+        if not examples:
+            raise DataError(f"{files}: no usable rows left ({stats}); raise max_length or fix the data")
+        self.examples[split], self.stats[split] = examples, stats
+        self._report(split, files)
 
     def _report(self, split: str, files: Files) -> None:
         """One log line per split: what was dropped and why, and the padding that bucketing leaves."""

@@ -16,6 +16,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Sampler
 
+from r1lab.hf import load_tokenizer
+
 IGNORE_INDEX = -100  # label value that the loss skips (prompt and padding positions)
 
 
@@ -136,8 +138,16 @@ class BucketBatchSampler(BatchSampler):
 
 
 class SplitLoaders:
-    """The train/val dataloaders of a DataModule that builds both with `self._loader(split, shuffle)` and keeps its
-    inputs in `self.files` (no val files: no validation)."""
+    """setup() and the train/val dataloaders of a DataModule that keeps its inputs in `self.files` (no val files: no
+    validation), loads one split with `self._load(split, files)` (which fills `self.stats[split]`) and builds a loader
+    with `self._loader(split, shuffle)`."""
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.tokenizer is None:
+            self.tokenizer = load_tokenizer(self.tokenizer_path)
+        for split, files in self.files.items():
+            if files is not None and split not in self.stats:  # a later stage's setup() keeps what is loaded
+                self._load(split, files)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

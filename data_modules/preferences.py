@@ -23,7 +23,6 @@ from torch.utils.data import DataLoader
 
 from data_modules.common import SplitLoaders, encode_chat, pad_right
 from r1lab.dataio import DataError, read_rows
-from r1lab.hf import load_tokenizer
 from r1lab.resume import ResumableDataLoader
 
 Files = str | Sequence[str]
@@ -79,25 +78,19 @@ class PreferenceDataModule(SplitLoaders, LightningDataModule):
         ids = [encode_chat(self.tokenizer, row["prompt"], row[side])[0] for side in ("chosen", "rejected")]
         return {"input_ids": ids, "labels": [1.0, 0.0]}
 
-    def setup(self, stage: str | None = None) -> None:
-        if self.tokenizer is None:
-            self.tokenizer = load_tokenizer(self.tokenizer_path)
-        for split, files in self.files.items():
-            if files is None or split in self.examples:
-                continue
-            skipped: list[str] = []
-            rows = read_rows(files, self.columns, self.columns_map, nonempty=self.nonempty, on_error=self.on_error,
-                             skipped=skipped)
-            encoded = [self.encode(row) for row in rows]
-            kept = [e for e in encoded if max(map(len, e["input_ids"])) <= self.max_length]
-            lengths = [len(ids) for e in kept for ids in e["input_ids"]]
-            self.stats[split] = {"rows": len(rows), "bad_rows": len(skipped), "too_long": len(rows) - len(kept),
-                                 "kept": len(kept),
-                                 "tokens": sum(lengths), "max_tokens": max(lengths, default=0)}
-            if not kept:
-                raise DataError(f"{files}: no usable rows left ({self.stats[split]}); raise max_length")
-            self.examples[split] = kept
-            rank_zero_info(f"{type(self).__name__} {split} ({files}): {self.stats[split]}")
+    def _load(self, split: str, files) -> None:
+        skipped: list[str] = []
+        rows = read_rows(files, self.columns, self.columns_map, nonempty=self.nonempty, on_error=self.on_error,
+                         skipped=skipped)
+        encoded = [self.encode(row) for row in rows]
+        kept = [e for e in encoded if max(map(len, e["input_ids"])) <= self.max_length]
+        lengths = [len(ids) for e in kept for ids in e["input_ids"]]
+        stats = {"rows": len(rows), "bad_rows": len(skipped), "too_long": len(rows) - len(kept), "kept": len(kept),
+                 "tokens": sum(lengths), "max_tokens": max(lengths, default=0)}
+        if not kept:
+            raise DataError(f"{files}: no usable rows left ({stats}); raise max_length")
+        self.examples[split], self.stats[split] = kept, stats
+        rank_zero_info(f"{type(self).__name__} {split} ({files}): {stats}")
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         if split not in self.examples:

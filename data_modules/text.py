@@ -18,7 +18,6 @@ from torch.utils.data import DataLoader
 
 from data_modules.common import SplitLoaders
 from r1lab.dataio import DataError, read_rows
-from r1lab.hf import load_tokenizer
 from r1lab.resume import ResumableDataLoader
 
 Files = str | Sequence[str]
@@ -63,29 +62,23 @@ class TextDataModule(SplitLoaders, LightningDataModule):
         self.blocks: dict[str, torch.Tensor] = {}
         self.stats: dict[str, dict[str, int]] = {}
 
-    def setup(self, stage: str | None = None) -> None:
-        if self.tokenizer is None:
-            self.tokenizer = load_tokenizer(self.tokenizer_path)
+    def _load(self, split: str, files) -> None:
         sep_id = self.tokenizer.bos_token_id
         if sep_id is None:
             raise ValueError(f"tokenizer at {self.tokenizer_path} has no bos token to separate documents")
-        for split, files in self.files.items():
-            if files is None or split in self.blocks:
-                continue
-            skipped: list[str] = []
-            rows = read_rows(files, {self.column: str}, nonempty=(self.column,), on_error=self.on_error, skipped=skipped)
-            texts = [row[self.column] for row in rows]
-            docs = self.tokenizer(texts, add_special_tokens=False).input_ids
-            blocks = pack_blocks(docs, self.block_size, sep_id)
-            tokens = sum(len(d) + 1 for d in docs)
-            if len(blocks) == 0:
-                raise DataError(f"{files}: {tokens} tokens, fewer than one block of {self.block_size}")
-            self.blocks[split] = blocks
-            self.stats[split] = {"docs": len(docs), "bad_rows": len(skipped), "tokens": tokens, "blocks": len(blocks),
-                                 "dropped_tokens": tokens - blocks.numel()}
-            rank_zero_info(f"TextDataModule {split} ({files}): {len(docs)} documents ({len(skipped)} bad rows "
-                           f"skipped), {tokens} tokens -> "
-                           f"{len(blocks)} blocks of {self.block_size} ({tokens - blocks.numel()} tail tokens dropped)")
+        skipped: list[str] = []
+        rows = read_rows(files, {self.column: str}, nonempty=(self.column,), on_error=self.on_error, skipped=skipped)
+        docs = self.tokenizer([row[self.column] for row in rows], add_special_tokens=False).input_ids
+        blocks = pack_blocks(docs, self.block_size, sep_id)
+        tokens = sum(len(d) + 1 for d in docs)
+        if len(blocks) == 0:
+            raise DataError(f"{files}: {tokens} tokens, fewer than one block of {self.block_size}")
+        self.blocks[split] = blocks
+        self.stats[split] = {"docs": len(docs), "bad_rows": len(skipped), "tokens": tokens, "blocks": len(blocks),
+                             "dropped_tokens": tokens - blocks.numel()}
+        rank_zero_info(f"TextDataModule {split} ({files}): {len(docs)} documents ({len(skipped)} bad rows "
+                       f"skipped), {tokens} tokens -> "
+                       f"{len(blocks)} blocks of {self.block_size} ({tokens - blocks.numel()} tail tokens dropped)")
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         if split not in self.blocks:
