@@ -53,6 +53,22 @@ def test_every_pipeline_plans_stages_whose_inputs_come_from_earlier_stages(name)
     assert [s.name for s in stages][:2] == ["build", "base"] and stages[-1].run == "eval"
 
 
+@pytest.mark.parametrize("name", ["demo", "tiny"])
+def test_every_stage_command_composes(name):
+    """Each stage's config (its args, the run's args, its inputs, its overrides) composes before hours are spent on
+    the stages ahead of it: a bad override fails here, not when the pipeline reaches it."""
+    cfg = compose_pipeline(f"pipeline={name}").pipeline
+    for stage in plan(cfg):
+        overrides = [*stage.args, *cfg.run_args[stage.run], *(f"{k}=/in/{v}" for k, v in stage.inputs.items()),
+                     *stage.overrides]
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
+            try:
+                compose(stage.run, overrides=overrides)
+            except Exception as e:
+                raise AssertionError(f"pipeline={name} stage {stage.name}: {e}") from e
+
+
 def test_a_selected_stage_needs_its_inputs_finished(tmp_path):
     stages = check_plan(plan(compose_pipeline("pipeline=tiny").pipeline), ["reasoning_rl"])
     assert [s.name for s in stages] == ["reasoning_rl"]
