@@ -14,7 +14,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
-from r1lab.pipeline import Lineage, Stage, check_plan, plan
+from r1lab.pipeline import Lineage, Stage, check_plan, command, plan
 from r1lab.utils import ROOT
 
 # stage -> {config key: "<producing stage>.<output>"}: R1's order (the paper's Fig. 2, plus distillation)
@@ -59,8 +59,9 @@ def test_every_stage_command_composes(name):
     the stages ahead of it: a bad override fails here, not when the pipeline reaches it."""
     cfg = compose_pipeline(f"pipeline={name}").pipeline
     for stage in plan(cfg):
-        overrides = [*stage.args, *cfg.run_args[stage.run], *(f"{k}=/in/{v}" for k, v in stage.inputs.items()),
-                     *stage.overrides]
+        inputs = {key: f"/in/{ref}" for key, ref in stage.inputs.items()}
+        argv = command(stage, Path("/in") / stage.name, inputs, list(cfg.run_args[stage.run]))
+        overrides = argv[3:]  # after `python -m r1lab.<run>`
         GlobalHydra.instance().clear()
         with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
             try:
