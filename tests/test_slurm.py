@@ -21,7 +21,7 @@ from r1lab.utils import ROOT
 
 SCRIPT = ROOT / "scripts" / "local_slurm.sh"
 CONF = ROOT / ".local-slurm" / "etc" / "slurm.conf"
-STEPS = 6
+STEPS = 12  # the signal comes after step 2: enough steps left that it lands mid-run on a fast CPU too
 # both emulated nodes, one CPU process on each: 2-process DDP over gloo
 CPU_JOB = ["--gpus-per-node=0", "--nodes=2", "--ntasks-per-node=1", "--cpus-per-task=1"]
 
@@ -51,6 +51,7 @@ def tiny_grpo(artifacts_dir: Path, out: Path) -> list[str]:
     """Overrides that shrink stage 2 to a few seconds a step; PromptLedger records each rank's prompts per step."""
     return [f"model.path={artifacts_dir}/models/tiny", "model=tiny", f"paths.world_dir={artifacts_dir}/world",
             "rollout=hf", f"trainer.max_steps={STEPS}", "trainer.limit_val_batches=0", "optimized_metric=null",
+            f"callbacks.model_checkpoint.every_n_train_steps={STEPS}",   # last.ckpt holds the final step
             "logger=csv", "data.batch_size=4", "module.num_generations=2", "module.max_new_tokens=8",
             "+callbacks.ledger._target_=r1lab.callbacks.PromptLedger", f"+callbacks.ledger.out_dir={out}/ledger"]
 
