@@ -17,6 +17,7 @@ from functools import partial
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 
 from r1lab.deepspeed_utils import copy_weights, deepspeed_engine, gathered_for_generation, is_zero3, start_micro_batch
 from r1lab.formats import reasoning_of
@@ -41,6 +42,30 @@ class RolloutBatch:
     def select(self, idx: torch.Tensor) -> "RolloutBatch":
         pick = lambda t: None if t is None else t[idx]
         return RolloutBatch(*(pick(getattr(self, f)) for f in self.__dataclass_fields__))
+
+    def trimmed(self) -> "RolloutBatch":
+        """The same rows without the columns that are padding in every one of them (prompts' left, completions' right).
+
+        >>> ids, attn, cmask = pack_rollout([[5, 6], [7]], [[8], [9]], pad_id=0)
+        >>> b = RolloutBatch(ids, attn, cmask, torch.zeros(2)).select(torch.tensor([1])).trimmed()
+        >>> b.input_ids.tolist(), b.completion_mask.tolist()
+        ([[7, 9]], [[1]])
+        """
+        width = self.completion_mask.size(1)
+        prompt_width = self.input_ids.size(1) - width
+        used = self.attention_mask.bool().any(0)                                        # [P + T]
+        first = int(used[:prompt_width].int().argmax()) if used[:prompt_width].any() else prompt_width
+        tokens = used[prompt_width:].nonzero()
+        keep = int(tokens[-1]) + 1 if len(tokens) else 1                                 # completion columns kept
+        cols, t_cols = slice(first, prompt_width + keep), slice(0, keep)
+        cut = lambda t, c: None if t is None else t[:, c]
+        return RolloutBatch(self.input_ids[:, cols], self.attention_mask[:, cols], self.completion_mask[:, t_cols],
+                            self.advantages, cut(self.old_logprobs, t_cols), cut(self.ref_logprobs, t_cols))
+
+    def micro_batches(self, count: int) -> list["RolloutBatch"]:
+        """`count` micro-batches of consecutive rows, each trimmed to its own longest prompt and completion."""
+        return [self.select(idx).trimmed() for idx in torch.arange(self.input_ids.size(0), device=self.input_ids.device)
+                .tensor_split(count)]
 
 
 def pack_rollout(prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_id: int):
@@ -73,9 +98,13 @@ def completion_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Te
 
 
 def micro_batch_weight(aggregation: str, mb_mask: torch.Tensor, full_mask: torch.Tensor) -> float:
-    """Factor that makes the sum of micro-batch losses equal the loss of the whole batch under `aggregation`."""
+    """Factor that makes the sum of micro-batch losses equal the loss of the whole batch under `aggregation`.
+
+    `mb_mask` [n, t] may hold a subset of `full_mask`'s [N, T] rows, trimmed to fewer columns (t <= T)."""
     if aggregation == "token_mean":
         return (mb_mask.sum() / full_mask.sum().clamp(min=1)).item()
+    if aggregation == "seq_mean_token_sum_norm":   # sum / (n * t) -> sum / (N * T)
+        return mb_mask.numel() / full_mask.numel()
     return mb_mask.size(0) / full_mask.size(0)
 
 
@@ -124,7 +153,10 @@ class GRPOModule(L.LightningModule):
         return completions, columns, prompt_ids
 
     @torch.no_grad()
-    def _rollout(self, batch: dict[str, list]) -> tuple[RolloutBatch | None, dict]:
+    def _rollout(self, batch: dict[str, list]) -> tuple[RolloutBatch, torch.Tensor, int, dict]:
+        """Sample, score and pack: (rows to train sorted by length, the whole rollout's completion mask [N, T] that
+        normalises the loss, how many micro-batches, stats). Zero-variance groups are left out under
+        `drop_zero_variance`: their advantages are 0, so without a KL term they add nothing to the gradient."""
         hp, G = self.hparams, self.hparams.num_generations
         seed = hp.seed + self.global_step * self.trainer.world_size + self.global_rank
         start = time.perf_counter()
@@ -153,36 +185,38 @@ class GRPOModule(L.LightningModule):
                 stats[f"rewards/{name}_mean"] = scored.mean()
                 stats[f"rewards/{name}_std"] = scored.std() if len(scored) > 1 else torch.tensor(0.0)
         self._maybe_log_completions(texts, total, columns)
-        keep = torch.ones(len(texts), dtype=torch.bool)
-        if hp.drop_zero_variance:
-            keep = ~zero_var.repeat_interleave(G)
-        if not keep.any():
-            return None, stats
         input_ids, attention_mask, completion_mask = pack_rollout(prompt_ids, [c.token_ids for c in completions],
                                                                   self.tokenizer.pad_token_id)
         if hp.mask_truncated:
             completion_mask = completion_mask * finished.unsqueeze(1)
+        full_mask = completion_mask.to(self.device)   # the loss is normalised over the whole rollout, dropped rows too
+        n_micro = -(-len(texts) // hp.micro_batch_size)
+        keep = ~zero_var.repeat_interleave(G) if hp.drop_zero_variance else torch.ones(len(texts), dtype=torch.bool)
+        if keep.sum() < n_micro:  # every micro-batch gets a row, so DDP ranks run as many backwards (these add 0)
+            keep[(~keep).nonzero().squeeze(1)[:n_micro - int(keep.sum())]] = True
+        order = keep.nonzero().squeeze(1)
+        order = order[lengths[order].argsort(stable=True)]   # by length: each micro-batch pads to its own longest
         dev = self.device
-        rollout = RolloutBatch(input_ids.to(dev), attention_mask.to(dev), completion_mask.to(dev), advantages.to(dev))
-        rollout = rollout.select(keep.nonzero().squeeze(1).to(dev))
-        width = rollout.completion_mask.size(1)
+        rollout = RolloutBatch(*(t.to(dev) for t in (input_ids, attention_mask, completion_mask, advantages)))
+        rollout = rollout.select(order.to(dev))
         if hp.mu > 1:
-            rollout.old_logprobs = self._logprobs_in_chunks(self.model, rollout, width)
+            rollout.old_logprobs = self._logprobs_in_chunks(self.model, rollout, n_micro)
         if self.ref_model is not None:
-            rollout.ref_logprobs = self._logprobs_in_chunks(self.ref_model, rollout, width)
-        return rollout, stats
+            rollout.ref_logprobs = self._logprobs_in_chunks(self.ref_model, rollout, n_micro)
+        stats["trained_frac"] = torch.tensor(len(order) / len(texts))
+        return rollout, full_mask, n_micro, stats
 
-    def _logprobs_in_chunks(self, model, rollout: RolloutBatch, width: int) -> torch.Tensor:
-        mbs = self.hparams.micro_batch_size
-        return torch.cat([completion_logprobs(model, rollout.input_ids[i:i + mbs], rollout.attention_mask[i:i + mbs], width)[0]
-                          for i in range(0, rollout.input_ids.size(0), mbs)])
+    def _logprobs_in_chunks(self, model, rollout: RolloutBatch, n_micro: int) -> torch.Tensor:
+        width = rollout.completion_mask.size(1)
+        return torch.cat([F.pad(completion_logprobs(model, mb.input_ids, mb.attention_mask, mb.completion_mask.size(1))[0],
+                                (0, width - mb.completion_mask.size(1)))
+                          for mb in rollout.micro_batches(n_micro)])
 
     # ---- update -----------------------------------------------------------------------------------------------
     def training_step(self, batch: dict[str, list], batch_idx: int) -> None:
         hp = self.hparams
-        rollout, stats = self._rollout(batch)
-        if rollout is not None:
-            stats.update(self._optimise(rollout))
+        rollout, full_mask, n_micro, stats = self._rollout(batch)
+        stats.update(self._optimise(rollout, full_mask, n_micro))
         if self.lr_schedulers() is not None:
             self.lr_schedulers().step()
         if hp.ref_refresh_steps and self.ref_model is not None and (self.global_step + 1) % hp.ref_refresh_steps == 0:
@@ -191,35 +225,39 @@ class GRPOModule(L.LightningModule):
         self.log_dict({f"train/{k}": v for k, v in stats.items()}, on_step=True, on_epoch=False,
                       batch_size=len(batch["prompt"]))
 
-    def _optimise(self, rollout: RolloutBatch) -> dict[str, torch.Tensor]:
+    def _optimise(self, rollout: RolloutBatch, full_mask: torch.Tensor, n_micro: int) -> dict[str, torch.Tensor]:
+        """`mu` optimiser steps on the rollout's rows in `n_micro` micro-batches; `full_mask` [N, T] is the completion
+        mask of the whole rollout, dropped rows included, over which the loss is normalised."""
         hp, opt = self.hparams, self.optimizers()
-        n, width, start = rollout.input_ids.size(0), rollout.completion_mask.size(1), time.perf_counter()
-        sums: dict[str, float] = {}
+        start, sums, weights = time.perf_counter(), {}, 0.0
         ds_engine = deepspeed_engine(self)
+        micro_batches = rollout.micro_batches(n_micro)
         for _ in range(hp.mu):
             opt.zero_grad()
-            micro_batches = torch.arange(n, device=self.device).split(hp.micro_batch_size)
-            for i, idx in enumerate(micro_batches):
+            for i, mb in enumerate(micro_batches):
                 start_micro_batch(ds_engine, last=i == len(micro_batches) - 1)  # DeepSpeed: accumulate, step at last
-                mb = rollout.select(idx)
+                width = mb.completion_mask.size(1)
                 logprobs, entropy = completion_logprobs(self.model, mb.input_ids, mb.attention_mask, width, entropy=True)
                 old = mb.old_logprobs if mb.old_logprobs is not None else logprobs.detach()
                 loss, stats = grpo_loss(logprobs, old, mb.advantages, mb.completion_mask, mb.ref_logprobs,
                                         clip_low=hp.clip_low, clip_high=hp.clip_high, kl_coef=hp.kl_coef,
                                         aggregation=hp.aggregation)
-                weight = micro_batch_weight(hp.aggregation, mb.completion_mask, rollout.completion_mask)
+                weight = micro_batch_weight(hp.aggregation, mb.completion_mask, full_mask)
                 self.manual_backward(loss * weight)
                 mask = mb.completion_mask.float()
                 stats.update(loss=loss.detach(), entropy=(entropy * mask).sum() / mask.sum().clamp(min=1))
+                weights += weight
                 for k, v in stats.items():
-                    sums[k] = sums.get(k, 0.0) + float(v) * weight / hp.mu
+                    sums[k] = sums.get(k, 0.0) + float(v) * weight
             if hp.max_grad_norm:
                 self.clip_gradients(opt, gradient_clip_val=hp.max_grad_norm, gradient_clip_algorithm="norm")
             opt.step()
         self.engine.update_weights(self.model)
         trained_tokens = rollout.attention_mask.sum() * hp.mu
-        sums["train_tokens_per_s"] = float(trained_tokens) / (time.perf_counter() - start)
-        return {k: torch.tensor(v) for k, v in sums.items()}
+        out = {k: v / max(weights, 1e-12) for k, v in sums.items()}   # stats: means over the trained rows
+        out["loss"] = sums["loss"] / hp.mu                 # the whole batch's loss (dropped rows add 0)
+        out["train_tokens_per_s"] = float(trained_tokens) / (time.perf_counter() - start)
+        return {k: torch.tensor(v) for k, v in out.items()}
 
     # ---- held-out accuracy ------------------------------------------------------------------------------------
     def validation_step(self, batch: dict[str, list], batch_idx: int) -> None:
