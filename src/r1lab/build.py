@@ -19,7 +19,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from r1lab import hf
 from r1lab.preferences import write_preferences
-from r1lab.tiny import build_model, build_tokenizer, count_parameters
+from r1lab.tiny import SIZES, build_model, build_tokenizer, count_parameters
 from r1lab.utils import ROOT, set_root
 from r1lab.world import DEFAULT_SIZES, write_world
 
@@ -87,6 +87,12 @@ def ensure_tokenizer(world_dir: Path, tok_dir: Path, vocab_size: int,
     return tokenizer, True
 
 
+def built_at(model_dir: Path, size: str) -> bool:
+    """Whether the model in `model_dir` has the shape SIZES[size] names (False: the size changed since; rebuild it)."""
+    config = json.loads((model_dir / "config.json").read_text())
+    return all(config.get(key) == value for key, value in SIZES[size].items())
+
+
 def build_all(world_dir: str | Path, models_dir: str | Path, seed: int = 0,
               sizes: list[str] = ("tiny", "student", "demo"), world_sizes: dict | None = None, vocab_size: int = 2048,
               overwrite: bool = False, world_options: dict | None = None) -> dict:
@@ -99,7 +105,7 @@ def build_all(world_dir: str | Path, models_dir: str | Path, seed: int = 0,
     summary["tokenizer_built"], summary["vocab_size"] = rebuild, len(tokenizer)
     for size in sizes:
         out = models_dir / size
-        if rebuild or overwrite or not (out / hf.COMPLETE).is_file():
+        if rebuild or overwrite or not (out / hf.COMPLETE).is_file() or not built_at(out, size):
             model = build_model(tokenizer, size, seed)
             hf.save_pretrained_atomic(model, tokenizer, out)
             summary["models"][size] = {"path": str(out), "parameters": count_parameters(model), "built": True}

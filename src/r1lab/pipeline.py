@@ -18,7 +18,9 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,6 +42,7 @@ class Stage:
     outputs: dict[str, str] = field(default_factory=dict)  # output name -> path inside the stage's directory
     resume: str | None = None                           # a checkpoint inside the directory: rerun with ckpt_path=
     overrides: list[str] = field(default_factory=list)  # the user's extra overrides, applied last
+    concurrent: bool = False                            # an evaluation: runs after the stages, `evaluate.jobs` at a time
 
 
 def plan(cfg: DictConfig) -> list[Stage]:
@@ -54,7 +57,7 @@ def plan(cfg: DictConfig) -> list[Stage]:
     for model, template in ((m, t) for m, t in (ev.get("models") or {}).items() if t is not None):
         stages.append(Stage(name=f"eval_{model}", run="eval", args=[*ev["args"], f"template={template}", f"name={model}"],
                             inputs=shared | {"model_dir": f"{model}.model"} | (ev.get("inputs") or {}),
-                            outputs={"metrics": "metrics.json"}))
+                            outputs={"metrics": "metrics.json"}, concurrent=True))
     return stages
 
 
@@ -92,8 +95,20 @@ class Lineage:
         self.data = json.loads(path.read_text()) if path.is_file() else {
             "pipeline_id": f"{name}-{time.strftime('%Y%m%d-%H%M%S')}", "stages": {}}
 
+        self.lock = threading.Lock()                                   # evaluations finish concurrently
+
     def record(self, stage: str, **entry) -> None:
-        self.data["stages"][stage] = self.data["stages"].get(stage, {}) | entry
+        with self.lock:
+            self.data["stages"][stage] = self.data["stages"].get(stage, {}) | entry
+            self._write()
+
+    def set_evaluation(self, **entry) -> None:
+        """How the last batch of evaluations ran: `jobs` at a time, in `wall_s` seconds."""
+        with self.lock:
+            self.data["evaluation"] = entry
+            self._write()
+
+    def _write(self) -> None:
         tmp = self.path.with_suffix(".json.tmp")                        # atomic: a kill leaves the old or the new
         tmp.write_text(json.dumps(self.data, indent=2) + "\n")
         os.replace(tmp, self.path)
@@ -148,19 +163,24 @@ def run_stage(stage: Stage, stage_dir: Path, cmd: list[str], env: dict[str, str]
 
 
 def run(cfg: DictConfig) -> Path:
-    """Run the selected stages that are not finished, then write the report; returns the pipeline directory."""
+    """Run the selected stages that are not finished, then write the report; returns the pipeline directory.
+
+    Stages run one after another with every core; then the evaluations, `evaluate.jobs` at a time, each with its
+    share of the cores (OMP_NUM_THREADS)."""
     out = Path(cfg.pipeline.dir)
     out.mkdir(parents=True, exist_ok=True)
     stages = check_plan(plan(cfg.pipeline), list(cfg.stages) if cfg.get("stages") else None)
     lineage = Lineage(out / "lineage.json", cfg.pipeline.name)
     env = os.environ | {"R1LAB_PIPELINE_ID": lineage.data["pipeline_id"], "HYDRA_FULL_ERROR": "1"}
     revision, begin = git_revision(), time.perf_counter()
-    for i, stage in enumerate(stages, 1):
+    numbered = list(enumerate(stages, 1))
+
+    def execute(i: int, stage: Stage, threads: int | None = None) -> None:
         stage_dir = out / stage.name
         head = f"[{i:2d}/{len(stages)}] {stage.name:<22}"
         if lineage.done(stage, stage_dir):
             print(f"{head} done before, skipped", flush=True)
-            continue
+            return
         inputs = {key: lineage.output(ref) for key, ref in stage.inputs.items()}
         cmd = command(stage, stage_dir, inputs, list(cfg.pipeline.run_args.get(stage.run) or []))
         resumed = next((a.split("=", 1)[1] for a in cmd if a.startswith("ckpt_path=")), None)
@@ -169,11 +189,24 @@ def run(cfg: DictConfig) -> Path:
         lineage.record(stage.name, status="running", run=f"r1lab.{stage.run}", command=cmd[1:], git=revision,
                        inputs={k: {"from": stage.inputs[k], "path": v} for k, v in inputs.items()},
                        resumed_from=resumed, started=time.strftime("%Y-%m-%d %H:%M:%S"))
-        seconds = run_stage(stage, stage_dir, cmd, env | {"R1LAB_STAGE": stage.name})
+        stage_env = env | {"R1LAB_STAGE": stage.name} | ({"OMP_NUM_THREADS": str(threads)} if threads else {})
+        seconds = run_stage(stage, stage_dir, cmd, stage_env)
         lineage.record(stage.name, status="done", wall_s=round(seconds, 1),
                        config=str(stage_dir / ".hydra" / "config.yaml"),
                        outputs={k: str(stage_dir / p) for k, p in stage.outputs.items()})
         print(f"{head} done in {seconds / 60:.1f} min", flush=True)
+
+    for i, stage in numbered:
+        if not stage.concurrent:
+            execute(i, stage)
+    evaluations = [(i, s) for i, s in numbered if s.concurrent and not lineage.done(s, out / s.name)]
+    if evaluations:
+        jobs = int(cfg.pipeline.evaluate.get("jobs") or 1)
+        threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
+        start = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=jobs) as pool:   # a failure is raised after the others finish
+            list(pool.map(lambda item: execute(*item, threads=threads), evaluations))
+        lineage.set_evaluation(jobs=jobs, wall_s=round(time.perf_counter() - start, 1))
     report = pipeline_report(out, lineage.data, list(cfg.pipeline.curves))
     print(f"{len(stages)} stages in {(time.perf_counter() - begin) / 60:.1f} min; report: {report}", flush=True)
     return out

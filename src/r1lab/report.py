@@ -109,6 +109,11 @@ def pipeline_report(out_dir: Path, lineage: dict, curves: list[str]) -> Path:
               for n, w, r in walls]
     total = sum(w for _, w, _ in walls if w is not None)
     lines += ["", f"Total wall time of the stages: {total / 60:.1f} min."]
+    if (evaluation := lineage.get("evaluation")) and evaluation.get("jobs", 1) > 1:
+        in_evals = sum(w for n, w, _ in walls if n.startswith("eval_") and w is not None)
+        lines += [f"The evaluations ran {evaluation['jobs']} at a time: {evaluation['wall_s'] / 60:.1f} min of wall "
+                  f"for their {in_evals / 60:.1f} min, so the pipeline took "
+                  f"{(total - in_evals + evaluation['wall_s']) / 60:.1f} min."]
     path = out_dir / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
