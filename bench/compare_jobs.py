@@ -132,7 +132,9 @@ def grpo_ours(spec: dict) -> dict:
                  f"module.max_new_tokens={spec['max_new_tokens']}", f"module.temperature={spec['temperature']}",
                  f"module.top_p={spec['top_p']}", f"module.kl_coef={spec['kl']}", "module.log_completions_every=0",
                  f"trainer.precision={spec['precision']}", f"trainer.max_steps={spec['warmup'] + spec['steps']}",
-                 "trainer.val_check_interval=null"]
+                 "trainer.val_check_interval=null",
+                 # train every completion, as TRL does: the random-init model's groups all score 0 and would be skipped
+                 "module.drop_zero_variance=false"]
     _module, steps = fit_ours(overrides, hook)
     ref = ref or [(0.0, 0)] * len(steps)
     return summarise([end - start for start, end, _ in steps], spec["warmup"], gen=gen, ref=ref, train=opt)

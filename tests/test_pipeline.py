@@ -130,6 +130,10 @@ def test_tiny_pipeline_killed_mid_stage_then_rerun_finishes_without_redoing_fini
     assert used.model.path == str(out / "cold_start" / "model")
     assert lineage["build"]["git"] and lineage["reasoning_rl"]["command"][:2] == ["-m", "r1lab.train"]
 
+    evals = sorted((lineage[s]["started"], lineage[s]["wall_s"]) for s in lineage if s.startswith("eval_"))
+    first_end = time.mktime(time.strptime(evals[0][0], "%Y-%m-%d %H:%M:%S")) + evals[0][1]
+    assert time.mktime(time.strptime(evals[1][0], "%Y-%m-%d %H:%M:%S")) < first_end - 1   # evaluate.jobs=2: side by side
     report = (out / "report.md").read_text()
     assert all(f"| {model} |" in report for model in ("base", "all_scenarios_rl", "distill"))
+    assert "The evaluations ran 2 at a time" in report
     assert all((out / png).is_file() for png in ("reward.png", "pass_at_1.png", "lang_mix.png", "length.png"))
