@@ -199,13 +199,14 @@ def run(cfg: DictConfig) -> Path:
     for i, stage in numbered:
         if not stage.concurrent:
             execute(i, stage)
-    evaluations = [(i, s) for i, s in numbered if s.concurrent and not lineage.done(s, out / s.name)]
-    if evaluations:
-        jobs = int(cfg.pipeline.evaluate.get("jobs") or 1)
-        threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
-        start = time.perf_counter()
-        with ThreadPoolExecutor(max_workers=jobs) as pool:   # a failure is raised after the others finish
-            list(pool.map(lambda item: execute(*item, threads=threads), evaluations))
+    evaluations = [(i, s) for i, s in numbered if s.concurrent]
+    pending = any(not lineage.done(s, out / s.name) for _, s in evaluations)
+    jobs = int(cfg.pipeline.evaluate.get("jobs") or 1)
+    threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=jobs) as pool:   # a failure is raised after the others finish
+        list(pool.map(lambda item: execute(*item, threads=threads), evaluations))
+    if pending:
         lineage.set_evaluation(jobs=jobs, wall_s=round(time.perf_counter() - start, 1))
     report = pipeline_report(out, lineage.data, list(cfg.pipeline.curves))
     print(f"{len(stages)} stages in {(time.perf_counter() - begin) / 60:.1f} min; report: {report}", flush=True)
