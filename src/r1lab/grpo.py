@@ -189,14 +189,14 @@ class GRPOModule(L.LightningModule):
                                                                   self.tokenizer.pad_token_id)
         if hp.mask_truncated:
             completion_mask = completion_mask * finished.unsqueeze(1)
-        full_mask = completion_mask.to(self.device)   # the loss is normalised over the whole rollout, dropped rows too
+        dev = self.device
+        full_mask = completion_mask.to(dev)   # the loss is normalised over the whole rollout, dropped rows too
         n_micro = -(-len(texts) // hp.micro_batch_size)
         keep = ~zero_var.repeat_interleave(G) if hp.drop_zero_variance else torch.ones(len(texts), dtype=torch.bool)
         if keep.sum() < n_micro:  # every micro-batch gets a row, so DDP ranks run as many backwards (these add 0)
             keep[(~keep).nonzero().squeeze(1)[:n_micro - int(keep.sum())]] = True
         order = keep.nonzero().squeeze(1)
         order = order[lengths[order].argsort(stable=True)]   # by length: each micro-batch pads to its own longest
-        dev = self.device
         rollout = RolloutBatch(*(t.to(dev) for t in (input_ids, attention_mask, completion_mask, advantages)))
         rollout = rollout.select(order.to(dev))
         if hp.mu > 1:
@@ -207,10 +207,13 @@ class GRPOModule(L.LightningModule):
         return rollout, full_mask, n_micro, stats
 
     def _logprobs_in_chunks(self, model, rollout: RolloutBatch, n_micro: int) -> torch.Tensor:
-        width = rollout.completion_mask.size(1)
-        return torch.cat([F.pad(completion_logprobs(model, mb.input_ids, mb.attention_mask, mb.completion_mask.size(1))[0],
-                                (0, width - mb.completion_mask.size(1)))
-                          for mb in rollout.micro_batches(n_micro)])
+        """[N, T] log-probs of the rollout's completion tokens, computed per trimmed micro-batch, zero past each row's width."""
+        width, chunks = rollout.completion_mask.size(1), []
+        for mb in rollout.micro_batches(n_micro):
+            mb_width = mb.completion_mask.size(1)
+            logprobs = completion_logprobs(model, mb.input_ids, mb.attention_mask, mb_width)[0]   # [n, mb_width]
+            chunks.append(F.pad(logprobs, (0, width - mb_width)))
+        return torch.cat(chunks)
 
     # ---- update -----------------------------------------------------------------------------------------------
     def training_step(self, batch: dict[str, list], batch_idx: int) -> None:

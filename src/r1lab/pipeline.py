@@ -94,7 +94,6 @@ class Lineage:
         self.path = path
         self.data = json.loads(path.read_text()) if path.is_file() else {
             "pipeline_id": f"{name}-{time.strftime('%Y%m%d-%H%M%S')}", "stages": {}}
-
         self.lock = threading.Lock()                                   # evaluations finish concurrently
 
     def record(self, stage: str, **entry) -> None:
