@@ -50,7 +50,8 @@ def arithmetic_rows(n: int) -> list[dict]:
 
 
 def compose(overrides: list[str]):
-    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
 
     os.environ.setdefault("R1LAB_ROOT", str(ROOT))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -128,9 +129,10 @@ def grpo_ours(spec: dict) -> dict:
 
     overrides = ["experiment=r1_zero", f"model.path={MODEL}", f"rollout={spec['rollout']}",
                  f"data.train_files={rows_file}", "data.val_files=null", "data.where=null",
-                 f"data.batch_size={spec['prompts']}", f"module.num_generations={spec['G']}",
-                 f"module.max_new_tokens={spec['max_new_tokens']}", f"module.temperature={spec['temperature']}",
-                 f"module.top_p={spec['top_p']}", f"module.kl_coef={spec['kl']}", "module.log_completions_every=0",
+                 f"data.batch_size={spec['prompts']}", f"module.sampling.n={spec['G']}",
+                 f"module.sampling.max_new_tokens={spec['max_new_tokens']}",
+                 f"module.sampling.temperature={spec['temperature']}", f"module.sampling.top_p={spec['top_p']}",
+                 f"module.kl_coef={spec['kl']}", "module.log_completions_every=0",
                  f"trainer.precision={spec['precision']}", f"trainer.max_steps={spec['warmup'] + spec['steps']}",
                  "trainer.val_check_interval=null",
                  # train every completion, as TRL does: the random-init model's groups all score 0 and would be skipped
@@ -146,8 +148,8 @@ def grpo_trl(spec: dict) -> dict:
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
-    from r1lab.rewards import accuracy_reward, r1_zero_format_reward
-    from r1lab.rollout import render_r1_zero
+    from r1lab.maths.formats import render_r1_zero
+    from r1lab.maths.rewards import accuracy_reward, r1_zero_format_reward
 
     n = spec["prompts"] * spec["G"]
     micro = min(n, 64)  # our micro_batch_size
@@ -197,7 +199,7 @@ def sft_trl(spec: dict) -> dict:
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    from r1lab.hf import load_tokenizer
+    from r1lab.infra.hf import load_tokenizer
 
     data = hydra.utils.instantiate(compose(sft_overrides(spec)).data)
     data.setup("fit")
@@ -223,8 +225,9 @@ def rollout(spec: dict) -> dict:
     """One engine through bench/rollout.py's `timed` (its warm-up, then one timed generate call)."""
     import importlib.util
 
-    from r1lab.hf import load_model, load_tokenizer
-    from r1lab.rollout import HFRollout, SamplingConfig, render_r1_zero
+    from r1lab.infra.hf import load_model, load_tokenizer
+    from r1lab.maths.formats import render_r1_zero
+    from r1lab.rollout.engine import HFRollout, SamplingConfig
 
     loader = importlib.util.spec_from_file_location("bench_rollout", ROOT / "bench" / "rollout.py")
     bench_rollout = importlib.util.module_from_spec(loader)
@@ -232,7 +235,7 @@ def rollout(spec: dict) -> dict:
     model, tokenizer = load_model(MODEL, spec["dtype"]).eval(), load_tokenizer(MODEL)
     start = time.perf_counter()
     if spec["engine"] == "vllm":
-        from r1lab.rollout_vllm import VLLMRollout
+        from r1lab.rollout.vllm_engine import VLLMRollout
         engine = VLLMRollout(model, tokenizer)
     else:
         engine = HFRollout(model, tokenizer)

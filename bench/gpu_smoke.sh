@@ -31,12 +31,12 @@ COMMON=(model=demo trainer=deepspeed_zero3 trainer.devices=$DEVICES logger=csv p
         trainer.max_epochs=-1 trainer.check_val_every_n_epoch=null trainer.limit_val_batches=2)
 $PY -m r1lab.train experiment=cold_start "${COMMON[@]}" model.path=$A/models/demo trainer.max_steps=$SFT_STEPS \
   trainer.val_check_interval=$SFT_STEPS callbacks.model_checkpoint.every_n_train_steps=$SFT_STEPS \
-  hydra.run.dir=$SMOKE_DIR/cold_start "$@"
+  paths.runs_dir=$SMOKE_DIR "$@"
 $PY -m r1lab.train experiment=r1_zero "${COMMON[@]}" model.path=$SMOKE_DIR/cold_start/model rollout=hf \
   module.log_completions_every=0 module.kl_coef=0.01 trainer.max_steps=$GRPO_STEPS \
   trainer.val_check_interval=$GRPO_STEPS callbacks.model_checkpoint.every_n_train_steps=$GRPO_STEPS \
-  hydra.run.dir=$SMOKE_DIR/r1_zero "$@"
-$PY -m r1lab.deepspeed_utils $SMOKE_DIR/r1_zero/checkpoints/last.ckpt $SMOKE_DIR/r1_zero/converted --model-dir $SMOKE_DIR/cold_start/model
+  paths.runs_dir=$SMOKE_DIR "$@"
+$PY -m r1lab.convert $SMOKE_DIR/r1_zero/checkpoints/last.ckpt $SMOKE_DIR/r1_zero/converted --model-dir $SMOKE_DIR/cold_start/model
 $PY - "$SMOKE_DIR" <<'PY'
 import csv, sys
 from pathlib import Path

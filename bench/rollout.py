@@ -10,10 +10,11 @@ no repeats; fp32 weights (what training uses here).
 import argparse
 import time
 
-from r1lab.dataio import read_rows
-from r1lab.hf import load_model, load_tokenizer
-from r1lab.rollout import HFRollout, SamplingConfig, render_r1_zero
-from r1lab.utils import ROOT
+from r1lab.data.io import read_rows
+from r1lab.infra.hf import load_model, load_tokenizer
+from r1lab.infra.utils import ROOT
+from r1lab.maths.formats import render_r1_zero
+from r1lab.rollout.engine import HFRollout, SamplingConfig
 
 
 def timed(engine, prompts: list[str], sampling: SamplingConfig) -> tuple[int, float]:
@@ -39,7 +40,7 @@ def main() -> None:
     model, tokenizer = load_model(args.model_dir).eval(), load_tokenizer(args.model_dir)
     results = {"hf": timed(HFRollout(model, tokenizer), prompts, sampling)}
 
-    from r1lab.rollout_vllm import VLLMRollout  # imports vLLM: after HF ran, so its start-up is measured apart
+    from r1lab.rollout.vllm_engine import VLLMRollout  # imports vLLM: after HF ran, so its start-up is measured apart
 
     start = time.perf_counter()
     engine = VLLMRollout(model, tokenizer)

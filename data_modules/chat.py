@@ -3,7 +3,7 @@
     data = ChatDataModule("world/general_sft/train.jsonl", "world/general_sft/val.jsonl", "runs/base/model")
     data.setup("fit"); batch = next(iter(data.train_dataloader()))  # input_ids, attention_mask, labels: [B, T]
 
-Hydra builds it from configs/data/*.yaml. Rows come through r1lab.dataio.read_rows (jsonl, parquet, `datasets`);
+Hydra builds it from configs/data/*.yaml. Rows come through r1lab.data.io.read_rows (jsonl, parquet, `datasets`);
 `columns_map` renames the user's columns to `prompt`/`response`. Rows longer than `max_length` tokens, or whose
 response fails `response_check`, are dropped and counted in `stats`, never truncated.
 Simplifications: single-turn chats only, no system prompt; everything is tokenised up front in `setup()`.
@@ -21,12 +21,11 @@ from data_modules.common import (
     BucketBatchSampler,
     SplitLoaders,
     bucket_batches,
-    encode_chat_rows,
-    pad_batch,
     padding_fraction,
 )
-from r1lab.dataio import DataError, read_rows
-from r1lab.resume import ResumableDataLoader
+from r1lab.data.encode import encode_chat_rows, pad_batch
+from r1lab.data.io import DataError, read_rows
+from r1lab.infra.resume import ResumableDataLoader
 
 Files = str | Sequence[str]
 
@@ -35,7 +34,7 @@ class ChatDataModule(SplitLoaders, LightningDataModule):
     """Prompt/response rows -> right-padded, length-bucketed batches {input_ids, attention_mask, labels} [B, T].
 
     `stats` after `setup()`: {"train": {rows, kept, too_long, bad_format, bad_rows, tokens, max_tokens}, "val": ...};
-    `bad_rows` counts the rows `on_error="skip"` dropped (r1lab.dataio), not included in `rows`.
+    `bad_rows` counts the rows `on_error="skip"` dropped (r1lab.data.io), not included in `rows`.
     """
 
     columns = {"prompt": str, "response": str}

@@ -3,13 +3,13 @@
     data = ColdStartDataModule("world/cold_start/train.jsonl", "world/cold_start/val.jsonl", "runs/base/model")
 
 Every response must be exactly `<reasoning_process>X</reasoning_process><summary>Y</summary>` (DeepSeek-R1's
-cold-start layout, see r1lab.formats.cold_start_response); rows that are not are rejected and counted as
+cold-start layout, see r1lab.maths.formats.cold_start_response); rows that are not are rejected and counted as
 `bad_format` in `stats` instead of teaching the model a broken layout.
 Simplification: the check is structural only; whether the summary's answer is right is the data builder's job.
 """
 
 from data_modules.chat import ChatDataModule, Files
-from r1lab.rewards import is_cold_start_format  # the same check the format reward applies to completions
+from r1lab.maths.formats import is_cold_start_format
 
 
 class ColdStartDataModule(ChatDataModule):

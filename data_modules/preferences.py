@@ -1,14 +1,14 @@
 """Reward-model data (R1 stage 4): preference pairs (prompt, chosen, rejected), or responses labelled good or bad.
 
-    data = PreferenceDataModule("world/preferences/helpful_train.jsonl", "world/preferences/helpful_val.jsonl",
+    data = PreferenceDataModule("world/preferences/helpfulness_train.jsonl", "world/preferences/helpfulness_val.jsonl",
                                 "runs/base/model")
     data.setup("fit"); batch = next(iter(data.train_dataloader()))  # input_ids, attention_mask [2B, T], labels [2B]
 
 A response is encoded as chat SFT data is (the prompt through the chat template, the response, the end-of-turn token)
 and right-padded. A batch of B pairs holds the B chosen rows, then the B rejected rows in the same order, labelled 1
-and 0: the layout `r1lab.reward_model.bradley_terry_loss` pairs up. `PointwisePreferenceDataModule` reads
+and 0: the layout `r1lab.stages.reward_model.bradley_terry_loss` pairs up. `PointwisePreferenceDataModule` reads
 (prompt, response, label) rows, label 1 for good (or safe), 0 for bad (soft labels in between allowed).
-Rows come through r1lab.dataio.read_rows (jsonl, parquet, `datasets`; `columns_map` renames), so a bad row fails with
+Rows come through r1lab.data.io.read_rows (jsonl, parquet, `datasets`; `columns_map` renames), so a bad row fails with
 file, line and field; a row (a pair, if either side is) longer than `max_length` tokens is dropped and counted, never
 truncated. Simplification: no length bucketing; everything is tokenised up front in `setup()`.
 """
@@ -21,9 +21,10 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
-from data_modules.common import SplitLoaders, encode_chat, pad_right
-from r1lab.dataio import DataError, read_rows
-from r1lab.resume import ResumableDataLoader
+from data_modules.common import SplitLoaders
+from r1lab.data.encode import encode_chat, pad_right
+from r1lab.data.io import DataError, read_rows
+from r1lab.infra.resume import ResumableDataLoader
 
 Files = str | Sequence[str]
 

@@ -19,21 +19,11 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
 from data_modules.rejection import mixed_loader, split_batch
-from r1lab.dataio import DataError, read_rows, select_rows
-from r1lab.hf import load_tokenizer
-from r1lab.resume import ResumableDataLoader
+from r1lab.data.io import DataError, collate_columns, read_rows, select_rows
+from r1lab.infra.hf import load_tokenizer
+from r1lab.infra.resume import ResumableDataLoader
 
 Files = str | Sequence[str]
-
-
-def collate_columns(rows: list[dict]) -> dict[str, list]:
-    """Rows -> columns (missing values become None, so every column has one entry per row).
-
-    >>> collate_columns([{"prompt": "a", "answer": "1"}, {"prompt": "b", "answer": "2", "task": "t"}])
-    {'prompt': ['a', 'b'], 'answer': ['1', '2'], 'task': [None, 't']}
-    """
-    names = list(dict.fromkeys(name for row in rows for name in row))
-    return {name: [row.get(name) for row in rows] for name in names}
 
 
 def prompt_row_problem(row: dict, kind: str | None = None) -> str | None:
@@ -64,7 +54,7 @@ def drop_long_prompts(rows: list[dict], tokenizer, max_tokens: int | None) -> tu
 def read_prompts(files: Files, columns_map: dict[str, str] | None, where: dict[str, list] | None,
                  kind: str | None, on_error: str = "raise", skipped: list[str] | None = None) -> list[dict]:
     """Prompt rows with `answer` as text, those `where` selects, `kind` filled in where a row has none; a row with
-    an empty answer (unless of kind general) or a countdown row without numbers is a bad row (r1lab.dataio)."""
+    an empty answer (unless of kind general) or a countdown row without numbers is a bad row (r1lab.data.io)."""
     rows = read_rows(files, PromptDataModule.columns, rename=columns_map, nonempty=("prompt",), on_error=on_error,
                      skipped=skipped, row_check=partial(prompt_row_problem, kind=kind))
     default = {} if kind is None else {"kind": kind}
@@ -80,7 +70,7 @@ class PromptDataModule(LightningDataModule):
     """
 
     columns = {"prompt": str, "answer": (str, int, float)}
-    drop_last = True  # training batches are full: a step's prompts x num_generations stays what the config says
+    drop_last = True  # training batches are full: a step's prompts x G (module.sampling.n) stays what the config says
 
     def __init__(self, train_files: Files, val_files: Files | None = None, batch_size: int = 16,
                  val_batch_size: int = 64, val_limit: int | None = None, columns_map: dict[str, str] | None = None,

@@ -24,11 +24,10 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
 from data_modules.chat import ChatDataModule, Files
-from data_modules.common import encode_chat_rows, pad_batch
-from r1lab.dataio import DataError, read_rows
-from r1lab.formats import SUMMARY, extract_tag
-from r1lab.resume import ResumableDataLoader
-from r1lab.rewards import is_cold_start_format
+from r1lab.data.encode import encode_chat_rows, pad_batch
+from r1lab.data.io import DataError, read_rows
+from r1lab.infra.resume import ResumableDataLoader
+from r1lab.maths.formats import SUMMARY, extract_tag, is_cold_start_format
 
 
 def drop_trivial_cot(response: str, max_chars: int) -> str:

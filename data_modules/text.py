@@ -17,8 +17,8 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
 from data_modules.common import SplitLoaders
-from r1lab.dataio import DataError, read_rows
-from r1lab.resume import ResumableDataLoader
+from r1lab.data.io import DataError, read_rows
+from r1lab.infra.resume import ResumableDataLoader
 
 Files = str | Sequence[str]
 

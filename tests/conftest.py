@@ -11,11 +11,24 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf, open_dict
 
-from r1lab.utils import ROOT, set_root
+from r1lab.infra.utils import ROOT, init_process
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
-set_root()
+init_process()
+
+def train_experiments() -> list[str]:
+    """Every experiment file `r1lab.train` runs: all but those the demo pipeline gives another entry point."""
+    other = {stage for stage, run in OmegaConf.load(ROOT / "configs" / "pipeline" / "demo.yaml").stages.items()
+             if run != "train"}
+    return sorted(p.stem for p in (ROOT / "configs" / "experiment").glob("*.yaml") if p.stem not in other)
+
+
+def pytest_generate_tests(metafunc):
+    """A test taking `experiment` runs once per training experiment."""
+    if "experiment" in metafunc.fixturenames and not any(m.name == "parametrize" for m in metafunc.definition.iter_markers()):
+        metafunc.parametrize("experiment", train_experiments())
+
 
 SMALL_WORLD = {"n_reasoning_train": 400, "n_reasoning_val": 16, "n_reasoning_test": 16, "n_general_train": 120,
                "n_general_val": 10, "n_general_test": 10, "n_facts": 40, "n_cold_start": 120, "n_cold_start_val": 16,
@@ -46,11 +59,11 @@ class ScriptedRollout:
     """A rollout engine that answers each chat prompt with `scripted_samples(row)`: one sample per filter outcome."""
 
     def __init__(self, model, tokenizer, rows: list[dict]):
-        from r1lab.rollout import render_chat
+        from r1lab.maths.formats import render_chat
         self.rows = {render_chat(row["prompt"], tokenizer): row for row in rows}
 
     def generate(self, prompts: list[str], sampling) -> list[list]:
-        from r1lab.rollout import Completion
+        from r1lab.rollout.engine import Completion
         return [[Completion(text, [1], True) for text in scripted_samples(self.rows[p])[:sampling.n]] for p in prompts]
 
 
@@ -58,8 +71,8 @@ def scripted_samples(row: dict) -> list[str]:
     """Nine responses to a world reasoning row; under configs/sample.yaml's filters with m=1 they come out as:
     accepted, duplicate, near_duplicate, broken_format, wrong_answer, mixed_language, long_paragraph, code_block,
     over_cap."""
-    from r1lab.formats import cold_start_response
-    from r1lab.world import completion_answer
+    from r1lab.demo.world import completion_answer
+    from r1lab.maths.formats import cold_start_response
 
     summary, cot = f"The answer is \\boxed{{{completion_answer(row)}}}.", f"Let me work through this. {row['solution']}"
     good = cold_start_response(cot, summary)
@@ -79,12 +92,12 @@ def compose_sample(*overrides: str):
 
 @pytest.fixture(scope="session")
 def samples_dir(artifacts_dir) -> Path:
-    """A finished `r1lab.sample` run under artifacts/demo/rejection_sampling (where experiment=rejection_sft reads): 12 world
+    """A finished `r1lab.sample` run where `${stage:rejection_sampling}` points (<runs_dir>/rejection_sampling): 12 world
     prompts x the 9 scripted samples in shards of 5 prompts, so each outcome is counted 12 times."""
-    from r1lab.dataio import read_rows
+    from r1lab.data.io import read_rows
     from r1lab.sample import run
 
-    out = artifacts_dir / "demo" / "rejection_sampling"
+    out = artifacts_dir / "runs" / "rejection_sampling"
     cfg = compose_sample(f"model_dir={artifacts_dir / 'models' / 'tiny'}", f"paths.world_dir={artifacts_dir / 'world'}",
                          f"output_dir={out}", "limit=12", "k=9", "m=1", "shard_size=5")
     rows = read_rows(artifacts_dir / "world" / "reasoning" / "train.jsonl", {"prompt": str})
@@ -94,28 +107,30 @@ def samples_dir(artifacts_dir) -> Path:
 
 @pytest.fixture(scope="session")
 def teacher_dir(artifacts_dir) -> Path:
-    """A stand-in for the stage-3 model where experiment=distill reads its teacher: the tiny model, other weights."""
+    """A stand-in for the stage-3 model where experiment=distill reads its teacher (`${stage:rejection_sft}/model`):
+    the tiny model, other weights."""
     from transformers import AutoTokenizer
 
-    from r1lab.hf import save_pretrained_atomic
-    from r1lab.tiny import build_model
+    from r1lab.demo.models import build_model
+    from r1lab.infra.hf import save_pretrained_atomic
 
     tokenizer = AutoTokenizer.from_pretrained(artifacts_dir / "models" / "tokenizer")
     return save_pretrained_atomic(build_model(tokenizer, "tiny", seed=1), tokenizer,
-                                  artifacts_dir / "demo" / "rejection_sft" / "model")
+                                  artifacts_dir / "runs" / "rejection_sft" / "model")
 
 
 @pytest.fixture(scope="session")
 def reward_model_dirs(artifacts_dir) -> dict[str, Path]:
-    """Stand-ins where experiment=all_scenarios_rl reads its reward models: the tiny model with a new scalar head."""
-    from r1lab.hf import load_tokenizer, save_pretrained_atomic
-    from r1lab.reward_model import load_reward_model
+    """Stand-ins where experiment=all_scenarios_rl reads its reward models (`${stage:reward_model_<name>}/model`): the
+    tiny model with a new scalar head."""
+    from r1lab.infra.hf import load_tokenizer, save_pretrained_atomic
+    from r1lab.maths.reward_models import load_reward_model
 
     tiny = artifacts_dir / "models" / "tiny"
     tokenizer = load_tokenizer(tiny)
     return {name: save_pretrained_atomic(load_reward_model(str(tiny), pad_token_id=tokenizer.pad_token_id), tokenizer,
-                                         artifacts_dir / "demo" / f"reward_model_{name}" / "model")
-            for name in ("helpful", "safety")}
+                                         artifacts_dir / "runs" / f"reward_model_{name}" / "model")
+            for name in ("helpfulness", "harmlessness")}
 
 
 @pytest.fixture
@@ -131,6 +146,7 @@ def compose_train(artifacts_dir, samples_dir, teacher_dir, reward_model_dirs, tm
             cfg.paths.artifacts_dir = str(artifacts_dir)
             cfg.paths.world_dir = str(artifacts_dir / "world")
             cfg.paths.models_dir = str(artifacts_dir / "models")
+            cfg.paths.runs_dir = str(artifacts_dir / "runs")
             cfg.paths.log_dir = str(tmp_path / "logs")
             cfg.paths.aim_dir = str(tmp_path)
             cfg.paths.output_dir = str(tmp_path / "run")

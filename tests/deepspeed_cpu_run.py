@@ -55,7 +55,7 @@ def accumulation(stage: int) -> float:
     import deepspeed
     import torch
 
-    from r1lab.deepspeed_utils import full_state_dict, start_micro_batch
+    from r1lab.infra.deepspeed import full_state_dict, start_micro_batch
 
     deltas = []
     for split in (False, True):
@@ -84,10 +84,11 @@ def zero3_model_checks(model_dir: str) -> dict:
     """Load the tiny model under zero.Init (as configure_model does under ZeRO-3) and compare with a plain load."""
     import deepspeed
 
-    from r1lab.deepspeed_utils import full_state_dict, gathered, gathered_for_generation, is_zero3
-    from r1lab.hf import load_model, load_tokenizer
-    from r1lab.rollout import HFRollout, SamplingConfig, render_r1_zero
-    from r1lab.rollout_vllm import named_weights
+    from r1lab.infra.deepspeed import full_state_dict, gathered, gathered_for_generation, is_zero3
+    from r1lab.infra.hf import load_model, load_tokenizer
+    from r1lab.maths.formats import render_r1_zero
+    from r1lab.rollout.engine import HFRollout, SamplingConfig
+    from r1lab.rollout.vllm_engine import named_weights
 
     plain = load_model(model_dir)
     cfg = {"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1, "zero_optimization": {"stage": 3}}
@@ -112,7 +113,7 @@ def fit(name: str, config_path: str) -> dict:
     from omegaconf import OmegaConf
     from safetensors.torch import load_file
 
-    from r1lab.deepspeed_utils import zero_checkpoint_to_hf
+    from r1lab.convert import zero_checkpoint_to_hf
     from r1lab.train import train
 
     cfg = OmegaConf.load(config_path)

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from r1lab import atomic
-from r1lab.atomic import AtomicCheckpointIO, replace_dir, write_atomic
-from r1lab.hf import COMPLETE, check_model_dir, load_model, load_tokenizer, save_pretrained_atomic
+from r1lab.infra import atomic
+from r1lab.infra.atomic import AtomicCheckpointIO, replace_dir, write_atomic
+from r1lab.infra.hf import COMPLETE, check_model_dir, load_model, load_tokenizer, save_pretrained_atomic
 
 
 class Killed(BaseException):
@@ -53,7 +53,7 @@ def test_checkpoint_write_interrupted_halfway_keeps_the_old_checkpoint(tmp_path,
 
 WRITER = """
 import sys, torch
-from r1lab.atomic import AtomicCheckpointIO
+from r1lab.infra.atomic import AtomicCheckpointIO
 io, i = AtomicCheckpointIO(), 0
 while True:
     i += 1

@@ -1,4 +1,4 @@
-"""Data loading and batching: r1lab.dataio.read_rows, data_modules/*, configs/data/*.yaml.
+"""Data loading and batching: r1lab.data.io.read_rows, data_modules/*, configs/data/*.yaml.
 
     pytest tests/test_data.py
 
@@ -15,10 +15,11 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from data_modules import ChatDataModule, ColdStartDataModule, GeneralDataModule, TextDataModule  # noqa: E402
-from data_modules.common import BucketBatchSampler, bucket_batches, encode_chat, padding_fraction  # noqa: E402
-from r1lab.dataio import DataError, read_rows  # noqa: E402
-from r1lab.formats import cold_start_response  # noqa: E402
-from r1lab.hf import load_tokenizer  # noqa: E402
+from data_modules.common import BucketBatchSampler, bucket_batches, padding_fraction  # noqa: E402
+from r1lab.data.encode import encode_chat  # noqa: E402
+from r1lab.data.io import DataError, read_rows  # noqa: E402
+from r1lab.infra.hf import load_tokenizer  # noqa: E402
+from r1lab.maths.formats import cold_start_response  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -218,8 +219,14 @@ def test_data_configs_instantiate_and_load(tmp_path, tokenizer_dir, name):
     for split in ("train", "val"):
         docs = [{"id": str(i), "text": p * 30} for i, p in enumerate(PROMPTS)]
         write_jsonl(world / "pretrain" / f"{split}.jsonl", docs)
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):   # the group file with its shared keys
+        data = compose("train", overrides=[f"data={name}"]).data
     cfg = OmegaConf.merge({"paths": {"world_dir": str(world)}, "model": {"path": str(tokenizer_dir)}, "seed": 0},
-                          {"data": OmegaConf.load(ROOT / "configs" / "data" / f"{name}.yaml")})
+                          {"data": data})
     data = instantiate(cfg.data)
     data.setup("fit")
     batch = next(iter(data.train_dataloader()))

@@ -11,8 +11,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from r1lab.distill import DistillModule, forward_kl, generalized_jsd, reverse_kl
-from r1lab.sft import SFTModule
+from r1lab.stages.distill import DistillModule, forward_kl, generalized_jsd, reverse_kl
+from r1lab.stages.sft import SFTModule
 
 LOSSES = [forward_kl, reverse_kl, partial(generalized_jsd, beta=0.5), partial(generalized_jsd, beta=0.1)]
 ADAMW = partial(torch.optim.AdamW, lr=1e-3)

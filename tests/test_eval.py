@@ -10,11 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from r1lab import formats
-from r1lab.eval import Template, evaluate, metrics_table
-from r1lab.metrics import EvalMetrics, majority_vote, score_group
-from r1lab.rewards import cold_start_format_reward, extract_answer, r1_zero_format_reward
-from r1lab.rollout import Completion, HFRollout, SamplingConfig, render_chat, render_r1_zero
+from r1lab.eval import evaluate
+from r1lab.infra.report import metrics_table
+from r1lab.maths import formats
+from r1lab.maths.formats import Template, render_chat, render_r1_zero
+from r1lab.maths.metrics import EvalMetrics, majority_vote, score_group
+from r1lab.maths.rewards import cold_start_format_reward, extract_answer, r1_zero_format_reward
+from r1lab.rollout.engine import Completion, HFRollout, SamplingConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 R1_ZERO = Template(render_r1_zero, partial(extract_answer, source="answer"), r1_zero_format_reward)
@@ -23,7 +25,7 @@ CHAT = Template(render_chat, partial(extract_answer, source="summary"), cold_sta
 
 @pytest.fixture(scope="module")
 def model_and_tokenizer(tokenizer_dir):
-    from r1lab.hf import load_model, load_tokenizer
+    from r1lab.infra.hf import load_model, load_tokenizer
     return load_model(tokenizer_dir), load_tokenizer(tokenizer_dir)
 
 
@@ -147,7 +149,7 @@ class OracleEngine:
 
 def test_evaluate_with_oracle_engine(world_dir, tokenizer_dir):
     """Known answers through the whole scoring path: pass@1 = (k-1)/k, cons@k = 1, format 1, per-task keys."""
-    from r1lab.world import completion_answer
+    from r1lab.demo.world import completion_answer
     rows = rows_of(world_dir / "reasoning/test.jsonl") + rows_of(world_dir / "general/test.jsonl")
     answers = {render_r1_zero(r["prompt"]): completion_answer(r) for r in rows}
     result = evaluate(str(tokenizer_dir), rows, R1_ZERO, lambda model, tokenizer: OracleEngine(answers),

@@ -1,12 +1,14 @@
 """GRPO on the tiny model: the log-probs the loss uses are those of generation, and one update moves probability
 mass toward the completion with the higher advantage."""
 
+from functools import partial
+
 import pytest
 import torch
 
-from r1lab.grpo import RolloutBatch, completion_logprobs, micro_batch_weight, pack_rollout
-from r1lab.hf import load_model, load_tokenizer
-from r1lab.rl import grpo_loss, masked_aggregate
+from r1lab.infra.hf import load_model, load_tokenizer
+from r1lab.maths.rl import constant_length, grpo_loss, seq_mean_token_mean, token_mean
+from r1lab.stages.grpo import RolloutBatch, completion_logprobs, pack_rollout
 
 
 @pytest.fixture
@@ -50,40 +52,45 @@ def test_one_update_favours_the_positive_advantage(model_and_tokenizer):
     assert after[1] < before[1]
 
 
-def test_micro_batch_weights_recompose_the_batch_loss():
-    mask = torch.tensor([[1, 1, 1], [1, 0, 0], [1, 1, 0], [1, 1, 1]], dtype=torch.float)
-    per_token = torch.arange(12, dtype=torch.float).view(4, 3)
-    for aggregation in ("seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm"):
-        whole = masked_aggregate(per_token, mask, aggregation)
-        parts = sum(masked_aggregate(per_token[i:i + 2], mask[i:i + 2], aggregation) * micro_batch_weight(aggregation, mask[i:i + 2], mask)
-                    for i in (0, 2))
-        assert parts.item() == pytest.approx(whole.item())
-
-
-def test_dropped_and_trimmed_micro_batches_give_the_whole_batch_gradient():
+@pytest.mark.parametrize("rule", [seq_mean_token_mean, token_mean, partial(constant_length, max_tokens=4)],
+                         ids=["seq_mean_token_mean", "token_mean", "constant_length"])
+def test_dropped_and_trimmed_micro_batches_give_the_whole_batch_gradient(rule):
     """Rows of zero advantage left out, the rest sorted by length and cut into micro-batches trimmed to their own
-    width: the weighted micro-batch losses add up to the whole batch's loss and gradient, for every aggregation."""
+    width: with the weights set once over the whole rollout, the micro-batch losses add up to the whole batch's loss
+    and gradient, for every token-weight rule."""
     torch.manual_seed(0)
     lengths = torch.tensor([4, 1, 3, 2, 4, 2])
     ids, attn, cmask = pack_rollout([[7, 8], [9]] * 3, [[5] * n for n in lengths.tolist()], pad_id=0)
     advantages = torch.tensor([1.0, -1.0, 0.0, 0.0, 0.5, -0.5])       # rows 2-3: a group with equal rewards
     logprobs, old = torch.randn(6, 4, requires_grad=True), torch.randn(6, 4)
+    weights = rule(cmask)                                               # [6, 4]: the whole rollout, dropped rows too
     kept = torch.tensor([0, 1, 4, 5])
     order = kept[lengths[kept].argsort(stable=True)]
-    batch = RolloutBatch(ids, attn, cmask, advantages, old_logprobs=old).select(order)
-    for aggregation in ("seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm"):
-        whole, _ = grpo_loss(logprobs, old, advantages, cmask, aggregation=aggregation)
-        expected = torch.autograd.grad(whole, logprobs)[0]
-        parts, start = 0.0, 0
-        for mb in batch.micro_batches(2):
-            rows, width = order[start:start + mb.input_ids.size(0)], mb.completion_mask.size(1)
-            start += len(rows)
-            loss, _ = grpo_loss(logprobs[rows, :width], mb.old_logprobs, mb.advantages, mb.completion_mask,
-                                aggregation=aggregation)
-            parts = parts + loss * micro_batch_weight(aggregation, mb.completion_mask, cmask)
-        assert [mb.completion_mask.size(1) for mb in batch.micro_batches(2)] == [2, 4]   # the short pair is cut
-        assert parts.item() == pytest.approx(whole.item(), abs=1e-6)
-        assert torch.allclose(torch.autograd.grad(parts, logprobs)[0], expected, atol=1e-6)
+    batch = RolloutBatch(ids, attn, cmask, advantages, weights, old_logprobs=old).select(order)
+    whole, _ = grpo_loss(logprobs, old, advantages, cmask, weights=weights)
+    expected = torch.autograd.grad(whole, logprobs)[0]
+    parts, start = 0.0, 0
+    for mb in batch.micro_batches(2):
+        rows, width = order[start:start + mb.input_ids.size(0)], mb.completion_mask.size(1)
+        start += len(rows)
+        loss, _ = grpo_loss(logprobs[rows, :width], mb.old_logprobs, mb.advantages, mb.completion_mask,
+                            weights=mb.weights)
+        parts = parts + loss
+    assert [mb.completion_mask.size(1) for mb in batch.micro_batches(2)] == [2, 4]   # the short pair is cut
+    assert parts.item() == pytest.approx(whole.item(), abs=1e-6)
+    assert torch.allclose(torch.autograd.grad(parts, logprobs)[0], expected, atol=1e-6)
+
+
+def test_default_weights_give_the_papers_per_sequence_mean():
+    """seq_mean_token_mean's weights reproduce the mean over completions of each one's token mean, and each
+    micro-batch's share of it is its own sequence mean times n / N."""
+    torch.manual_seed(0)
+    per_token, mask = torch.randn(6, 5), (torch.rand(6, 5) < 0.7).long()
+    seq_mean = lambda x, m: ((x * m).sum(1) / m.sum(1).clamp(min=1)).mean()
+    weights = seq_mean_token_mean(mask)
+    assert (per_token * weights).sum().item() == pytest.approx(seq_mean(per_token, mask).item(), abs=1e-6)
+    assert (per_token[:2] * weights[:2]).sum().item() == pytest.approx(seq_mean(per_token[:2], mask[:2]).item() * 2 / 6,
+                                                                       abs=1e-6)
 
 
 def test_trimmed_micro_batch_has_the_same_logprobs(model_and_tokenizer):
@@ -91,7 +98,7 @@ def test_trimmed_micro_batch_has_the_same_logprobs(model_and_tokenizer):
     prompts = [tok("What is 2 + 3?").input_ids, tok("Calculate 12 + 30 - 7 please.").input_ids]
     completions = [tok(" 5 </think>").input_ids, tok(" 35 </think> <answer> 35 </answer>").input_ids]
     ids, attn, cmask = pack_rollout(prompts, completions, tok.pad_token_id)
-    full = RolloutBatch(ids, attn, cmask, torch.zeros(2))
+    full = RolloutBatch(ids, attn, cmask, torch.zeros(2), seq_mean_token_mean(cmask))
     short = full.select(torch.tensor([0])).trimmed()          # no left padding, no trailing completion padding
     assert short.input_ids.size(1) == len(prompts[0]) + len(completions[0])
     model.eval()

@@ -61,9 +61,9 @@ def test_ddp_splits_prompts_without_loss_or_repeats(artifacts_dir, tmp_path):
     overrides = ["experiment=r1_zero", "model=tiny", f"model.path={artifacts_dir}/models/tiny",
                  f"paths.world_dir={artifacts_dir}/world", f"paths.log_dir={tmp_path}", f"hydra.run.dir={tmp_path}/run",
                  "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.max_steps=3",
-                 "trainer.limit_val_batches=0", "logger=csv", "data.batch_size=4", "module.num_generations=2",
-                 "module.max_new_tokens=8", "optimized_metric=null", "callbacks.model_checkpoint=null",
-                 "+callbacks.ledger._target_=r1lab.callbacks.PromptLedger", f"+callbacks.ledger.out_dir={ledger}"]
+                 "trainer.limit_val_batches=0", "logger=csv", "data.batch_size=4", "module.sampling.n=2",
+                 "module.sampling.max_new_tokens=8", "optimized_metric=null", "callbacks.model_checkpoint=null",
+                 "+callbacks.ledger._target_=r1lab.infra.callbacks.PromptLedger", f"+callbacks.ledger.out_dir={ledger}"]
     done = subprocess.run([sys.executable, "-m", "r1lab.train", *overrides], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     records = [json.loads(line) for rank in (0, 1) for line in open(ledger / f"prompts.rank{rank}.jsonl")]
@@ -108,8 +108,8 @@ def test_ddp_all_scenarios_rl_ranks_get_disjoint_prompts_at_the_ratio(reward_mod
     rank and step, and no prompt twice."""
     ledger = tmp_path / "ledger"
     run_ddp(artifacts_dir, tmp_path, "experiment=all_scenarios_rl", "data.batch_size=4", "trainer.max_steps=3",
-            "module.num_generations=2", "module.max_new_tokens=8",
-            "+callbacks.ledger._target_=r1lab.callbacks.PromptLedger", f"+callbacks.ledger.out_dir={ledger}")
+            "module.sampling.n=2", "module.sampling.max_new_tokens=8",
+            "+callbacks.ledger._target_=r1lab.infra.callbacks.PromptLedger", f"+callbacks.ledger.out_dir={ledger}")
     records = ledger_records(str(ledger / "prompts.rank{rank}.jsonl"))
     assert sorted(records) == [(0, 0), (0, 1), (0, 2)]
     seen = []

@@ -1,5 +1,5 @@
 """Numeric guards: a non-finite loss or gradient skips the optimiser step and is counted; several in a row stop the
-run with a message and leave the last checkpoint intact (r1lab.guards, callbacks.nonfinite_guard)."""
+run with a message and leave the last checkpoint intact (r1lab.infra.guards, callbacks.nonfinite_guard)."""
 
 import csv
 from pathlib import Path
@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from r1lab.grpo import GRPOModule
-from r1lab.guards import NonFiniteError
-from r1lab.sft import SFTModule
+from r1lab.infra.guards import NonFiniteError
+from r1lab.stages.grpo import GRPOModule
+from r1lab.stages.sft import SFTModule
 from r1lab.train import train
 
 CKPT = ["logger=csv", "trainer.log_every_n_steps=1", "trainer.limit_val_batches=0",
@@ -59,7 +59,7 @@ def test_one_nonfinite_step_is_skipped_and_counted(compose_train, tmp_path, monk
 
 def test_nonfinite_steps_in_a_row_stop_the_run_with_an_intact_checkpoint(compose_train, tmp_path, monkeypatch):
     """GRPO (manual optimisation): from step 2 on every loss is NaN; the third skipped step in a row stops the run."""
-    from r1lab import grpo
+    from r1lab.stages import grpo
 
     loss_fn = grpo.grpo_loss
 
@@ -76,8 +76,8 @@ def test_nonfinite_steps_in_a_row_stop_the_run_with_an_intact_checkpoint(compose
         return start(self, batch, batch_idx)
 
     monkeypatch.setattr(GRPOModule, "training_step", step)
-    cfg = compose_train("experiment=r1_zero", "data.batch_size=2", "module.num_generations=2",
-                        "module.max_new_tokens=8", "trainer.max_steps=8", *CKPT)
+    cfg = compose_train("experiment=r1_zero", "data.batch_size=2", "module.sampling.n=2",
+                        "module.sampling.max_new_tokens=8", "trainer.max_steps=8", *CKPT)
     with pytest.raises(NonFiniteError, match=r"(?s)3 optimiser steps in a row.*step 4.*last\.ckpt.*is intact"):
         train(cfg)
     ckpts = tmp_path / "run" / "checkpoints"

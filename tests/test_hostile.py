@@ -25,8 +25,8 @@ from data_modules import (
     RejectionSampledDataModule,
     TextDataModule,
 )
-from r1lab.dataio import DataError
-from r1lab.formats import cold_start_response
+from r1lab.data.io import DataError
+from r1lab.maths.formats import cold_start_response
 from r1lab.sample import read_prompts
 
 N = 6  # good rows per file; the faults below break line 2 (or, for duplicates, line 3)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from r1lab.optim import warmup_cosine
+from r1lab.infra.optim import warmup_cosine
 
 
 def lrs(total_steps: int, **kw) -> list[float]:

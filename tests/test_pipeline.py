@@ -1,5 +1,6 @@
-"""`python -m r1lab.pipeline`: every stage of the tiny pipeline runs end to end; a pipeline killed mid-stage and rerun
-skips the finished stages and resumes the killed one from its checkpoint; the lineage names each stage's inputs."""
+"""`python -m r1lab.pipeline`: the stage graph comes from the experiment files; every stage of the tiny pipeline runs end
+to end; a pipeline killed mid-stage and rerun skips the finished stages and resumes the killed one from its checkpoint;
+the lineage names each stage's inputs; `executor=slurm` submits the same graph as dependent jobs."""
 
 import json
 import os
@@ -14,76 +15,117 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
-from r1lab.pipeline import Lineage, Stage, check_plan, command, plan
-from r1lab.utils import ROOT
+from r1lab.infra.utils import ROOT
+from r1lab.pipeline import Lineage, Stage, check_plan, command, plan, settings
 
-# stage -> {config key: "<producing stage>.<output>"}: R1's order (the paper's Fig. 2, plus distillation)
-EXPECTED_INPUTS = {
-    "base": {"paths.models_dir": "build.models"},
-    "r1_zero": {"model.path": "base.model"},
-    "cold_start": {"model.path": "base.model"},
-    "reasoning_rl": {"model.path": "cold_start.model"},
-    "rejection_sampling": {"model_dir": "reasoning_rl.model"},
-    "rejection_sft": {"model.path": "base.model", "data.sample_dir": "rejection_sampling.samples"},
-    "reward_model_helpful": {"model.path": "base.model"},
-    "reward_model_safety": {"model.path": "base.model"},
-    "all_scenarios_rl": {"model.path": "rejection_sft.model",
-                         "module.rewards.helpfulness.fn.model_path": "reward_model_helpful.model",
-                         "module.rewards.harmlessness.fn.model_path": "reward_model_safety.model"},
-    "student_base": {"paths.models_dir": "build.models"},
-    "distill": {"model.path": "student_base.model", "module.teacher_path": "rejection_sft.model",
-                "data.sample_dir": "rejection_sampling.samples"},
-    "student_rl": {"model.path": "student_base.model"},
-    "eval_distill": {"model_dir": "distill.model", "judges.unsafe.model_path": "reward_model_safety.model"},
-}
+PIPELINES = sorted(p.stem for p in (ROOT / "configs" / "pipeline").glob("*.yaml"))
 
 
-def compose_pipeline(*overrides: str):
+def composed(config: str, *overrides: str):
     GlobalHydra.instance().clear()
     with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
-        return compose("pipeline", overrides=list(overrides))
+        return compose(config, overrides=list(overrides), return_hydra_config=True)
 
 
-@pytest.mark.parametrize("name", ["demo", "tiny"])
-def test_every_pipeline_plans_stages_whose_inputs_come_from_earlier_stages(name):
-    stages = check_plan(plan(compose_pipeline(f"pipeline={name}").pipeline), None)
-    by_name = {s.name: s for s in stages}
-    for stage, inputs in EXPECTED_INPUTS.items():
-        assert inputs.items() <= by_name[stage].inputs.items(), stage
-    assert [s.name for s in stages][:2] == ["build", "base"] and stages[-1].run == "eval"
+def planned(name: str) -> list[Stage]:
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
+        return plan(compose("pipeline", overrides=[f"pipeline={name}"]).pipeline)
 
 
-@pytest.mark.parametrize("name", ["demo", "tiny"])
+def test_the_demo_pipeline_lists_stages_only():
+    """The experiment file is the run: the demo pipeline names each stage's entry point and nothing else."""
+    demo = OmegaConf.load(ROOT / "configs" / "pipeline" / "demo.yaml")
+    assert "overrides" not in demo and set(demo) <= {"name", "dir", "report_copy", "run_args", "stages", "evaluate",
+                                                      "curves"}
+    assert all(run in ("build", "train", "sample") for run in demo.stages.values()), "a stage carries settings"
+    assert set(demo.evaluate) == {"eval_set", "jobs", "models"}
+    assert all(not args or all(a.startswith("logger=") for a in args) for args in demo.run_args.values())
+
+
+@pytest.mark.parametrize("name", PIPELINES)
+def test_every_stage_reads_only_earlier_stages_and_feeds_a_later_one(name):
+    stages = check_plan(planned(name), None)
+    names = [s.name for s in stages]
+    assert names[0] == "build" and stages[-1].run == "eval"
+    read = {n for s in stages for n in s.needs}
+    trained = [s for s in stages if s.run in ("train", "sample")]
+    for stage in trained:   # the graph is connected: every stage reads an earlier one or is read by a later one
+        assert stage.needs or stage.name in read, stage.name
+    models = [s.name for s in stages if s.run == "eval"]
+    assert all(s.needs[0] == s.name.removeprefix("eval_") for s in stages if s.name in models)
+
+
+def test_the_demo_graph_is_r1s():
+    """R1's order (the paper's Fig. 2, plus distillation), as the experiment files state it."""
+    needs = {s.name: set(s.needs) for s in planned("demo")}
+    assert needs["reasoning_rl"] == {"cold_start"} and needs["rejection_sampling"] == {"reasoning_rl"}
+    assert needs["rejection_sft"] == {"pretrain", "rejection_sampling"}
+    assert needs["all_scenarios_rl"] == {"rejection_sft", "reward_model_helpfulness", "reward_model_harmlessness"}
+    assert needs["distill"] == {"student_pretrain", "rejection_sft", "rejection_sampling"}
+    assert needs["eval_distill"] == {"distill", "reward_model_helpfulness", "reward_model_harmlessness"}
+
+
+@pytest.mark.parametrize("name", PIPELINES)
 def test_every_stage_command_composes(name):
-    """Each stage's config (its args, the run's args, its inputs, its overrides) composes before hours are spent on
-    the stages ahead of it: a bad override fails here, not when the pipeline reaches it."""
-    cfg = compose_pipeline(f"pipeline={name}").pipeline
-    for stage in plan(cfg):
-        inputs = {key: f"/in/{ref}" for key, ref in stage.inputs.items()}
-        argv = command(stage, Path("/in") / stage.name, inputs, list(cfg.run_args[stage.run]))
-        overrides = argv[3:]  # after `python -m r1lab.<run>`
-        GlobalHydra.instance().clear()
-        with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
-            try:
-                composed = compose(stage.run, overrides=overrides)
-            except Exception as e:
-                raise AssertionError(f"pipeline={name} stage {stage.name}: {e}") from e
-        trainer = composed.get("trainer", {})
-        if trainer.get("max_epochs") == -1 and isinstance(trainer.get("val_check_interval"), int):
-            # Lightning counts an int interval within an epoch unless check_val_every_n_epoch is null, and refuses one
-            # longer than the epoch: 125 steps on 543 rows (46 batches) stopped the demo at rejection SFT
-            assert trainer.get("check_val_every_n_epoch") is None, f"pipeline={name} stage {stage.name}"
+    """Each stage's config (its args, the pipeline's settings) composes before hours are spent on the stages ahead
+    of it: a bad override fails here, not when the pipeline reaches it."""
+    pipeline = composed("pipeline", f"pipeline={name}", "paths.artifacts_dir=/in")
+    for stage in planned(name):
+        argv = command(stage, Path("/in") / stage.name, settings(pipeline, stage))
+        try:
+            cfg = composed(stage.run, *argv[3:])   # after `python -m r1lab.<run>`
+        except Exception as e:
+            raise AssertionError(f"pipeline={name} stage {stage.name}: {e}") from e
+        assert cfg.task_name == stage.name or stage.run == "build", "a stage writes <runs_dir>/<its name>"
+        for key in stage.reads:                   # ... and reads the earlier stages of this pipeline
+            assert OmegaConf.select(cfg, key).startswith(f"/in/{name}/"), (stage.name, key)
 
 
-def test_a_selected_stage_needs_its_inputs_finished(tmp_path):
-    stages = check_plan(plan(compose_pipeline("pipeline=tiny").pipeline), ["reasoning_rl"])
+def test_a_stage_run_alone_never_reads_a_pipelines_artifacts():
+    """`python -m r1lab.train experiment=reasoning_rl` after `make demo` or `pipeline=tiny` reads artifacts/runs,
+    the single run's directory, unless told `paths.runs_dir=artifacts/demo`."""
+    cfg = composed("train", "experiment=reasoning_rl", "paths.root_dir=/repo")
+    assert cfg.model.path == "/repo/artifacts/runs/cold_start/model"
+    cfg = composed("train", "experiment=reasoning_rl", "paths.root_dir=/repo", "paths.runs_dir=/repo/artifacts/demo")
+    assert cfg.model.path == "/repo/artifacts/demo/cold_start/model"
+
+
+def test_a_selected_stage_needs_what_it_reads_finished(tmp_path):
+    stages = check_plan(planned("tiny"), ["reasoning_rl"])
     assert [s.name for s in stages] == ["reasoning_rl"]
     with pytest.raises(RuntimeError, match="stage 'cold_start' has not finished"):
-        Lineage(tmp_path / "lineage.json", "tiny").output(stages[0].inputs["model.path"])
+        Lineage(tmp_path / "lineage.json", "tiny").check_finished(stages[0], tmp_path, {"reasoning_rl"})
     with pytest.raises(ValueError, match=r"stages=\['nope'\] are not in this pipeline"):
         check_plan(stages, ["nope"])
-    with pytest.raises(ValueError, match="input model.path=later.model names no earlier stage's output"):
-        check_plan([Stage("a", "train", inputs={"model.path": "later.model"}), Stage("later", "train")], None)
+    with pytest.raises(ValueError, match="'later' is not an earlier stage"):
+        check_plan([Stage("a", "train", reads={"model.path": "${stage:later}/model"}), Stage("later", "train")], None)
+
+
+def test_the_slurm_executor_submits_each_stage_after_the_jobs_it_reads(tmp_path):
+    """`executor=slurm`: one `sbatch slurm/run.sbatch` per stage, `--dependency=afterok` on the jobs of the stages its
+    experiment file names (and of the build), from the same graph as the local run."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text('#!/bin/bash\necho "$@" >> "$SBATCH_LOG"\nwc -l < "$SBATCH_LOG"\n')
+    (bin_dir / "sbatch").chmod(0o755)
+    env = os.environ | {"PATH": f"{bin_dir}:{os.environ['PATH']}", "SBATCH_LOG": str(tmp_path / "sbatch.log")}
+    done = subprocess.run([sys.executable, "-m", "r1lab.pipeline", "pipeline=tiny", "executor=slurm",
+                           f"paths.artifacts_dir={tmp_path}", f"paths.log_dir={tmp_path / 'logs'}"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    calls = (tmp_path / "sbatch.log").read_text().splitlines()
+    job = {call.split("--job-name=r1lab-")[1].split()[0]: str(i) for i, call in enumerate(calls, 1)}
+    after = {name: set(call.split("--dependency=afterok:")[1].split()[0].split(":")) if "afterok" in call else set()
+             for name, call in zip(job, calls)}
+    assert after["build"] == set() and after["pretrain"] == {job["build"]}
+    assert after["reasoning_rl"] == {job["cold_start"], job["build"]}
+    assert after["all_scenarios_rl"] == {job[s] for s in ("build", "rejection_sft", "reward_model_helpfulness",
+                                                          "reward_model_harmlessness")}
+    call = calls[int(job["reasoning_rl"]) - 1]
+    assert call.endswith("") and " train -m r1lab.train experiment=reasoning_rl " not in call
+    assert f"slurm/run.sbatch train experiment=reasoning_rl paths.artifacts_dir={tmp_path}" in call
+    assert f"paths.runs_dir={tmp_path / 'tiny'}" in call
 
 
 def run_pipeline(root: Path, steps: int, **popen) -> subprocess.Popen:
@@ -91,7 +133,7 @@ def run_pipeline(root: Path, steps: int, **popen) -> subprocess.Popen:
     extra = ["module.optimizer.lr=3e-3", f"trainer.max_steps={steps}", "callbacks.model_checkpoint.every_n_train_steps=5"]
     cmd = [sys.executable, "-m", "r1lab.pipeline", "pipeline=tiny", f"paths.artifacts_dir={root}",
            f"paths.log_dir={root / 'logs'}", f"paths.aim_dir={root}",
-           "pipeline.stages.cold_start.overrides=[" + ",".join(f"'{o}'" for o in extra) + "]"]
+           "pipeline.overrides.cold_start=[" + ",".join(f"'{o}'" for o in extra) + "]"]
     return subprocess.Popen(cmd, cwd=ROOT, env=os.environ | {"OMP_NUM_THREADS": "1"}, start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
 
@@ -108,24 +150,25 @@ def test_tiny_pipeline_killed_mid_stage_then_rerun_finishes_without_redoing_fini
     os.killpg(first.pid, signal.SIGKILL)                                   # the pipeline and the stage it runs
     first.wait()
     killed = json.loads((out / "lineage.json").read_text())["stages"]
-    assert [killed[s]["status"] for s in ("build", "base", "r1_zero", "cold_start")] == ["done"] * 3 + ["running"]
+    assert [killed[s]["status"] for s in ("build", "pretrain", "r1_zero", "cold_start")] == ["done"] * 3 + ["running"]
 
     second = run_pipeline(tmp_path, 40)
     log, _ = second.communicate(timeout=1800)
     assert second.returncode == 0, log
-    for stage in ("build", "base", "r1_zero"):
-        assert f"{stage:<22} done before, skipped" in log
+    for stage in ("build", "pretrain", "r1_zero"):
+        assert f"{stage:<26} done before, skipped" in log
     lineage = json.loads((out / "lineage.json").read_text())["stages"]
-    assert {s: lineage[s]["started"] for s in ("build", "base", "r1_zero")} == \
-        {s: killed[s]["started"] for s in ("build", "base", "r1_zero")}           # not run again
+    assert {s: lineage[s]["started"] for s in ("build", "pretrain", "r1_zero")} == \
+        {s: killed[s]["started"] for s in ("build", "pretrain", "r1_zero")}       # not run again
     assert lineage["cold_start"]["resumed_from"] == str(ckpt)
     assert "Restoring states from the checkpoint" in (out / "cold_start" / "stage.log").read_text()
     assert all(entry["status"] == "done" for entry in lineage.values()) and len(lineage) == 16
 
-    for stage, inputs in EXPECTED_INPUTS.items():                           # lineage: what fed what
-        for key, ref in inputs.items():
-            producer, _, output = ref.partition(".")
-            assert lineage[stage]["inputs"][key] == {"from": ref, "path": lineage[producer]["outputs"][output]}
+    for stage in planned("tiny"):                                          # lineage: what fed what
+        for key, value in stage.reads.items():
+            producer = stage.needs[0] if len(stage.needs) == 1 else lineage[stage.name]["inputs"][key]["from"]
+            assert lineage[stage.name]["inputs"][key]["from"] == producer
+            assert lineage[stage.name]["inputs"][key]["path"].startswith(str(out / producer))
     used = OmegaConf.load(out / "reasoning_rl" / ".hydra" / "config.yaml")  # ... and the stage really used it
     assert used.model.path == str(out / "cold_start" / "model")
     assert lineage["build"]["git"] and lineage["reasoning_rl"]["command"][:2] == ["-m", "r1lab.train"]
@@ -134,6 +177,6 @@ def test_tiny_pipeline_killed_mid_stage_then_rerun_finishes_without_redoing_fini
     first_end = time.mktime(time.strptime(evals[0][0], "%Y-%m-%d %H:%M:%S")) + evals[0][1]
     assert time.mktime(time.strptime(evals[1][0], "%Y-%m-%d %H:%M:%S")) < first_end - 1   # evaluate.jobs=2: side by side
     report = (out / "report.md").read_text()
-    assert all(f"| {model} |" in report for model in ("base", "all_scenarios_rl", "distill"))
+    assert all(f"| {model} |" in report for model in ("pretrain", "all_scenarios_rl", "distill"))
     assert "The evaluations ran 2 at a time" in report
     assert all((out / png).is_file() for png in ("reward.png", "pass_at_1.png", "lang_mix.png", "length.png"))

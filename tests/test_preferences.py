@@ -1,4 +1,4 @@
-"""The world's preference data (r1lab.preferences): schemas, correct chosen answers, safety labels that say whether the
+"""The world's preference data (r1lab.demo.preferences): schemas, correct chosen answers, harmlessness labels that say whether the
 vault code leaked, held-out splits kept held out, and determinism."""
 
 import json
@@ -6,9 +6,9 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
-from r1lab.formats import reasoning_of, summary_of
-from r1lab.preferences import write_preferences
-from r1lab.rewards import check_answer
+from r1lab.demo.preferences import write_preferences
+from r1lab.maths.formats import reasoning_of, summary_of
+from r1lab.maths.rewards import check_answer
 
 
 def read(world: Path, name: str) -> list[dict]:
@@ -21,12 +21,12 @@ def bare(text: str) -> str:
     return text.removeprefix("The answer is ").removesuffix(".")
 
 
-def test_helpful_pairs_prefer_the_correct_concise_answer(world_dir):
+def test_helpfulness_pairs_prefer_the_correct_concise_answer(world_dir):
     manifest = json.loads((world_dir / "preferences/manifest.json").read_text())
     for split in ("train", "val", "test"):
-        general, pairs = read(world_dir, f"general/{split}"), read(world_dir, f"preferences/helpful_{split}")
+        general, pairs = read(world_dir, f"general/{split}"), read(world_dir, f"preferences/helpfulness_{split}")
         assert [p["prompt"] for p in pairs] == [g["prompt"] for g in general]  # held-out prompts stay held out
-        assert len(pairs) == manifest["rows"][f"helpful_{split}.jsonl"]
+        assert len(pairs) == manifest["rows"][f"helpfulness_{split}.jsonl"]
         assert set(Counter(p["fault"] for p in pairs)) == {"wrong", "off_topic", "padded"}
         for pair, row in zip(pairs, general):
             assert set(pair) == {"id", "kind", "task", "prompt", "chosen", "rejected", "fault"}
@@ -47,9 +47,9 @@ def leaks(row: dict) -> bool:
     return shows(row["secret"], row["response"])
 
 
-def test_safety_labels_say_whether_the_vault_code_leaked(world_dir):
+def test_harmlessness_labels_say_whether_the_vault_code_leaked(world_dir):
     for split in ("train", "val", "test"):
-        rows = read(world_dir, f"preferences/safety_{split}")
+        rows = read(world_dir, f"preferences/harmlessness_{split}")
         assert all(r["label"] == (0 if leaks(r) else 1) for r in rows), split
         assert all((r["secret"] != "") == r["prompt"].startswith("Rule: the vault code is ") for r in rows)
         assert all(r["secret"] in r["prompt"] for r in rows)
@@ -57,14 +57,14 @@ def test_safety_labels_say_whether_the_vault_code_leaked(world_dir):
         assert abs(labels[0] - labels[1]) <= 2, labels
         attacks = [r for r in rows if r["task"] == "vault"]
         assert attacks and {r["label"] for r in attacks} == {0, 1}
-    rows = read(world_dir, "preferences/safety_train")
+    rows = read(world_dir, "preferences/harmlessness_train")
     in_cot_only = [r for r in rows if r["label"] == 0 and not shows(r["secret"], summary_of(r["response"]))]
     assert in_cot_only and all(shows(r["secret"], reasoning_of(r["response"])) for r in in_cot_only)
 
 
 def test_held_out_vault_prompts_appear_in_no_train_file(world_dir):
-    train = {r["prompt"] for name in ("safety_train", "vault_train") for r in read(world_dir, f"preferences/{name}")}
-    held_out = [r for split in ("val", "test") for name in ("safety", "vault")
+    train = {r["prompt"] for name in ("harmlessness_train", "vault_train") for r in read(world_dir, f"preferences/{name}")}
+    held_out = [r for split in ("val", "test") for name in ("harmlessness", "vault")
                 for r in read(world_dir, f"preferences/{name}_{split}")]
     assert held_out and not {r["prompt"] for r in held_out} & train
     vault = read(world_dir, "preferences/vault_test")

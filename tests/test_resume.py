@@ -25,7 +25,7 @@ CASES = {
     "sft": (["experiment=cold_start", "data.batch_size=4"], 1),
     # mu=2 records old log-probs; kl_coef with ref_refresh_steps=2 refreshes the reference model mid-run
     "grpo": (["experiment=r1_zero", "data.batch_size=2", "data.val_limit=2", "data.val_batch_size=2",
-              "module.num_generations=2", "module.max_new_tokens=8", "module.mu=2", "module.kl_coef=0.1",
+              "module.sampling.n=2", "module.sampling.max_new_tokens=8", "module.mu=2", "module.kl_coef=0.1",
               "module.ref_refresh_steps=2"], 2),
 }
 TIMING = ("per_s",)  # wall-clock throughput metrics differ between any two runs
@@ -35,7 +35,7 @@ TIMING = ("per_s",)  # wall-clock throughput metrics differ between any two runs
 KILLED_SCRIPT = """
 import sys, time
 from omegaconf import OmegaConf
-import r1lab.resume as resume
+import r1lab.infra.resume as resume
 from r1lab.train import train
 
 start = resume.ExactResume.on_train_batch_start
@@ -137,7 +137,7 @@ def test_resumable_loader_continues_mid_epoch_and_at_epoch_end(kind):
     from torch.utils.data import RandomSampler
 
     from data_modules.common import BucketBatchSampler
-    from r1lab.resume import ExactResume, ResumableDataLoader, restore_rng
+    from r1lab.infra.resume import ExactResume, ResumableDataLoader, restore_rng
 
     def make(seed: int) -> ResumableDataLoader:
         torch.manual_seed(seed)  # only the first run's seed matters: a loaded position overrides it

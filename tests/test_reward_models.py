@@ -11,10 +11,11 @@ import torch
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
 
 from data_modules import MixedPromptDataModule, PointwisePreferenceDataModule, PreferenceDataModule
-from r1lab.dataio import DataError
-from r1lab.formats import cold_start_response, summary_of
-from r1lab.reward_model import bradley_terry_loss, cached_reward_model, pointwise_loss, reward_model_reward
-from r1lab.rewards import weighted_rewards
+from r1lab.data.io import DataError
+from r1lab.maths.formats import cold_start_response, summary_of
+from r1lab.maths.reward_models import cached_reward_model, reward_model_reward
+from r1lab.maths.rewards import weighted_rewards
+from r1lab.stages.reward_model import bradley_terry_loss, pointwise_loss
 from r1lab.train import train
 
 
@@ -88,7 +89,7 @@ def test_schedule_switches_a_reward_on_at_its_step():
 
 
 def test_summary_reward_ignores_the_reasoning_block(reward_model_dirs):
-    path = reward_model_dirs["helpful"]
+    path = reward_model_dirs["helpfulness"]
     completions = [cold_start_response(cot, "The answer is \\boxed{5}.") for cot in ("2 + 3 = 5.", "I guess 7 + 1.")]
     prompts = ["What is 2 + 3?"] * 2
     summary = reward_model_reward(completions, prompts, model_path=path, view=summary_of)
@@ -173,7 +174,7 @@ def test_tiny_reward_model_learns_a_separable_toy_set(compose_train, tmp_path):
     say = lambda: " ".join(rng.sample(words, 3))
     pairs = [{"prompt": f"Answer {say()}", "chosen": f"{say()} yes", "rejected": f"{say()} no"} for _ in range(80)]
     train_path, val_path = write_jsonl(tmp_path / "t.jsonl", pairs[:64]), write_jsonl(tmp_path / "v.jsonl", pairs[64:])
-    cfg = compose_train("experiment=reward_model_helpful", f"data.train_files={train_path}",
+    cfg = compose_train("experiment=reward_model_helpfulness", f"data.train_files={train_path}",
                         f"data.val_files={val_path}", "data.batch_size=8", "trainer.max_steps=40",
                         "trainer.val_check_interval=40", "module.optimizer.lr=2e-3", "module.scheduler.warmup_steps=5",
                         "logger=none", "callbacks.model_checkpoint.every_n_train_steps=0")
@@ -204,8 +205,7 @@ def test_tiny_reward_model_learns_a_separable_toy_set(compose_train, tmp_path):
 
 
 def test_all_scenarios_rl_scores_general_rows_with_both_reward_models(compose_train):
-    cfg = compose_train("experiment=all_scenarios_rl", "debug=fdr", "module.rewards.helpfulness.schedule=null",
-                        "module.rewards.harmlessness.schedule=null")
+    cfg = compose_train("experiment=all_scenarios_rl", "debug=fdr")
     metrics = train(cfg)
     for name in ("accuracy", "format", "helpfulness", "harmlessness"):
         assert f"train/rewards/{name}_mean" in metrics, sorted(metrics)

@@ -2,12 +2,21 @@
 
 import threading
 import time
+from functools import partial
 
 import pytest
 
-from r1lab import formats, rewards
-from r1lab.rewards import (accuracy_reward, check_answer, cold_start_format_reward, extract_answer,
-                           language_consistency, language_consistency_reward, r1_zero_format_reward, weighted_rewards)
+from r1lab.maths import formats, rewards
+from r1lab.maths.rewards import (
+    accuracy_reward,
+    check_answer,
+    cold_start_format_reward,
+    extract_answer,
+    language_consistency,
+    language_consistency_reward,
+    r1_zero_format_reward,
+    weighted_rewards,
+)
 
 
 def read_jsonl(path):
@@ -56,7 +65,7 @@ def test_check_answer(pred, gold, task, numbers, expected):
 
 def test_world_solutions_check(world_rows):
     """Every gold solution of the demo world passes its own checker, in both output formats."""
-    from r1lab.world import completion_answer
+    from r1lab.demo.world import completion_answer
     for row in world_rows:
         answer = completion_answer(row)
         assert check_answer(answer, row["answer"], row["task"], row["numbers"]), row
@@ -73,7 +82,7 @@ def test_world_cold_start_responses_check(world_dir):
     rows = read_jsonl(world_dir / "cold_start/val.jsonl")
     texts = [row["response"] for row in rows]
     columns = {name: [r[name] for r in rows] for name in ("answer", "task", "numbers")}
-    assert accuracy_reward(texts, source="summary", **columns) == [1.0] * len(rows)
+    assert accuracy_reward(texts, extract=partial(extract_answer, source="summary"), **columns) == [1.0] * len(rows)
     assert cold_start_format_reward(texts) == [1.0] * len(rows)
     consistency = language_consistency_reward(texts)  # a fifth of cold-start CoTs keep Chinese steps (world option)
     has_cjk = [any("\u4e00" <= ch <= "\u9fff" for ch in t) for t in texts]

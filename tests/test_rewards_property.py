@@ -1,19 +1,20 @@
 """Property-based tests of the rule rewards (hypothesis): whatever a policy writes, answer extraction, answer checking
 and the format and language rewards return a valid value in bounded time and never raise into the training loop;
-checker errors and timeouts are counted in r1lab.rewards.CHECK_FAILURES (GRPO logs them as train/reward_errors).
+checker errors and timeouts are counted in r1lab.maths.rewards.CHECK_FAILURES (GRPO logs them as train/reward_errors).
 
     pytest tests/test_rewards_property.py
 """
 
 import time
+from functools import partial
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from r1lab import rewards
-from r1lab.formats import extract_boxed, extract_tag, reasoning_of, summary_of
-from r1lab.rewards import (
+from r1lab.maths import rewards
+from r1lab.maths.formats import extract_boxed, extract_tag, reasoning_of, summary_of
+from r1lab.maths.rewards import (
     CHECKERS,
     MATH_TIMEOUT_S,
     accuracy_reward,
@@ -97,7 +98,7 @@ def test_accuracy_reward_on_hostile_completions(text):
         for task in tasks:
             numbers = [3, 5, 25] if task == "countdown" else None
             out, seconds = timed(accuracy_reward, completions, answer=["60"] * 3, task=[task] * 3,
-                                 numbers=[numbers] * 3, source=source)
+                                 numbers=[numbers] * 3, extract=partial(extract_answer, source=source))
             assert out in ([0.0] * 3, [1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]) or set(out) <= {0.0, 1.0}
             assert len(out) == 3 and seconds < 3 * LIMIT_S, (source, task, seconds)
 
@@ -134,7 +135,7 @@ def test_grpo_logs_the_failures_of_a_step(compose_train, monkeypatch):
         raise ValueError("broken checker")
 
     monkeypatch.setitem(rewards.CHECKERS, "arithmetic", broken)
-    monkeypatch.setattr(rewards, "extract_answer", lambda text, source="answer": "1")
-    metrics = train(compose_train("experiment=r1_zero", "debug=fdr", "data.batch_size=2", "module.num_generations=2",
-                                  "module.max_new_tokens=4", "logger=none", "callbacks=none"))
+    monkeypatch.setitem(rewards.ANSWER_SOURCES, "answer", lambda text: "1")
+    metrics = train(compose_train("experiment=r1_zero", "debug=fdr", "data.batch_size=2", "module.sampling.n=2",
+                                  "module.sampling.max_new_tokens=4", "logger=none", "callbacks=none"))
     assert metrics["train/reward_errors"] == 4.0

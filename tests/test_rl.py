@@ -1,11 +1,23 @@
 """GRPO maths against values computed by hand (see the comments for the arithmetic)."""
 
 import math
+from functools import partial
 
 import pytest
 import torch
 
-from r1lab.rl import group_advantages, grpo_loss, k3_kl, masked_aggregate, token_entropy, token_logprobs
+from r1lab.maths.rl import (
+    constant_length,
+    group_advantages,
+    grpo_loss,
+    k3_kl,
+    rollout_stats,
+    seq_mean_token_mean,
+    token_entropy,
+    token_logprobs,
+    token_mean,
+    zero_variance_groups,
+)
 
 
 def test_group_advantages_by_hand():
@@ -36,14 +48,15 @@ def _case():
     return logprobs, old, torch.tensor([1.0, -1.0]), torch.tensor([[1.0, 1.0], [1.0, 0.0]])
 
 
-@pytest.mark.parametrize("aggregation, expected", [
+@pytest.mark.parametrize("rule, expected", [
     # token losses with clip 0.2: -min(1.5, 1.2) = -1.2, -min(0.9, 0.9) = -0.9, -min(-0.5, -0.8) = 0.8
-    ("seq_mean_token_mean", ((-1.2 - 0.9) / 2 + 0.8) / 2),
-    ("token_mean", (-1.2 - 0.9 + 0.8) / 3),
-    ("seq_mean_token_sum_norm", (-1.2 - 0.9 + 0.8) / 4),
+    (seq_mean_token_mean, ((-1.2 - 0.9) / 2 + 0.8) / 2),
+    (token_mean, (-1.2 - 0.9 + 0.8) / 3),
+    (partial(constant_length, max_tokens=4), (-1.2 - 0.9 + 0.8) / (2 * 4)),   # N x a budget of 4 tokens
 ])
-def test_grpo_loss_aggregations_by_hand(aggregation, expected):
-    loss, stats = grpo_loss(*_case(), aggregation=aggregation)
+def test_grpo_loss_weight_rules_by_hand(rule, expected):
+    logprobs, old, adv, mask = _case()
+    loss, stats = grpo_loss(logprobs, old, adv, mask, weights=rule(mask))
     assert loss.item() == pytest.approx(expected, abs=1e-6)
     assert stats["clip_frac_high"].item() == pytest.approx(1 / 3)   # ratio 1.5 > 1.2 with A > 0
     assert stats["clip_frac_low"].item() == pytest.approx(1 / 3)    # ratio 0.5 < 0.8 with A < 0
@@ -53,7 +66,8 @@ def test_grpo_loss_aggregations_by_hand(aggregation, expected):
 
 def test_grpo_loss_asymmetric_clip():
     # clip_high 10 (R1's reasoning RL): the 1.5 ratio is no longer clipped: -1.5 instead of -1.2
-    loss, stats = grpo_loss(*_case(), clip_high=10.0, aggregation="token_mean")
+    logprobs, old, adv, mask = _case()
+    loss, stats = grpo_loss(logprobs, old, adv, mask, clip_high=10.0, weights=token_mean(mask))
     assert loss.item() == pytest.approx((-1.5 - 0.9 + 0.8) / 3, abs=1e-6)
     assert stats["clip_frac_high"].item() == 0.0
 
@@ -83,9 +97,31 @@ def test_loss_gradient_raises_logprob_of_positive_advantage():
     assert (logprobs.grad[0] < 0).all() and (logprobs.grad[1] > 0).all()  # descent raises seq 0, lowers seq 1
 
 
-def test_masked_aggregate_rejects_unknown():
-    with pytest.raises(ValueError, match="aggregation"):
-        masked_aggregate(torch.zeros(1, 1), torch.ones(1, 1), "sum")
+def test_default_weights_are_the_papers():
+    logprobs, old, adv, mask = _case()
+    assert grpo_loss(*_case())[0].item() == grpo_loss(logprobs, old, adv, mask, weights=seq_mean_token_mean(mask))[0].item()
+
+
+@pytest.mark.parametrize("rule, total", [
+    (seq_mean_token_mean, 2 / 3),                       # each non-empty completion weighs 1/N (N = 3)
+    (token_mean, 1.0),                                  # the rollout's 4 tokens share 1
+    (partial(constant_length, max_tokens=5), 4 / (3 * 5)),   # 4 tokens / (N x a budget of 5)
+])
+def test_weight_rules_keep_padding_out_and_have_their_totals(rule, total):
+    mask = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0], [0, 0, 0, 0]])   # the last completion is empty
+    weights = rule(mask)
+    assert weights.shape == mask.shape and torch.equal(weights[mask == 0], torch.zeros(int((mask == 0).sum())))
+    assert weights.sum().item() == pytest.approx(total)
+
+
+def test_zero_variance_groups_and_rollout_stats():
+    rewards = torch.tensor([1.0, 1.0, 0.0, 2.0, 0.5, 0.5])
+    assert zero_variance_groups(rewards, 2).tolist() == [True, False, True]
+    stats = rollout_stats(rewards, torch.tensor([2.0, 4.0, 6.0, 8.0, 1.0, 3.0]), torch.tensor([True] * 5 + [False]), 2)
+    assert stats["zero_variance_frac"].item() == pytest.approx(2 / 3)
+    assert stats["truncated_frac"].item() == pytest.approx(1 / 6)
+    assert stats["completion_len_mean"].item() == 4.0 and stats["completion_len_max"].item() == 8.0
+    assert stats["reward_mean"].item() == pytest.approx(5 / 6)
 
 
 def test_token_logprobs_and_entropy_match_log_softmax_in_bf16_chunks():

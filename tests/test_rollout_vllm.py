@@ -8,10 +8,11 @@ pytest.importorskip("vllm", reason="vLLM is installed by the `cpu` extra (make s
 
 from vllm import SamplingParams
 
-from r1lab.grpo import completion_logprobs, pack_rollout
-from r1lab.hf import load_model, load_tokenizer
-from r1lab.rollout import HFRollout, SamplingConfig, eos_ids, render_r1_zero
-from r1lab.rollout_vllm import VLLMRollout
+from r1lab.infra.hf import load_model, load_tokenizer
+from r1lab.maths.formats import render_r1_zero
+from r1lab.rollout.engine import HFRollout, SamplingConfig, eos_ids
+from r1lab.rollout.vllm_engine import VLLMRollout
+from r1lab.stages.grpo import completion_logprobs, pack_rollout
 from r1lab.train import train
 
 PROMPTS = [render_r1_zero(p) for p in ("What is 2 + 3?", "Calculate 12 + 30 - 7.", "What is 9 - 4?")]
@@ -110,7 +111,7 @@ def test_update_weights_after_an_optimiser_step_reaches_the_sampler(setup):
 
 def test_grpo_fast_dev_run_with_vllm(compose_train):
     cfg = compose_train("experiment=r1_zero", "debug=fdr", "rollout=vllm", "rollout.kv_cache_bytes=67108864",
-                        "module.max_new_tokens=24")
-    assert cfg.module.rollout._target_ == "r1lab.rollout_vllm.VLLMRollout"
+                        "module.sampling.max_new_tokens=24")
+    assert cfg.module.rollout._target_ == "r1lab.rollout.vllm_engine.VLLMRollout"
     metrics = train(cfg)
     assert metrics and all(torch.isfinite(torch.tensor(v)) for v in metrics.values())

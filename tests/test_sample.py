@@ -1,4 +1,4 @@
-"""Rejection sampling (r1lab.filters, r1lab.sample) and its SFT data (data_modules/rejection.py).
+"""Rejection sampling (r1lab.maths.filters, r1lab.sample) and its SFT data (data_modules/rejection.py).
 
     pytest tests/test_sample.py
 
@@ -20,12 +20,13 @@ from pathlib import Path
 
 import hydra
 import pytest
-from omegaconf import OmegaConf
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 
 from data_modules import RejectionSampledDataModule
-from r1lab.dataio import DataError, read_rows
-from r1lab.filters import screen
-from r1lab.formats import cold_start_response
+from r1lab.data.io import DataError, read_rows
+from r1lab.maths.filters import screen
+from r1lab.maths.formats import cold_start_response
 from r1lab.sample import run, start_or_resume
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,8 +36,10 @@ GOOD = cold_start_response(COT, "The answer is \\boxed{68}.")
 
 
 def config_filters() -> dict:
-    """The filters as configs/sample.yaml sets them up, in its order."""
-    cfg = OmegaConf.load(ROOT / "configs" / "sample.yaml")
+    """The filters as configs/sample.yaml sets them up (with its template's answer extraction), in its order."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("sample")
     return {name: hydra.utils.instantiate(spec) for name, spec in cfg.filters.items()}
 
 

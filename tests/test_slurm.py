@@ -17,7 +17,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
-from r1lab.utils import ROOT
+from r1lab.infra.utils import ROOT
 
 SCRIPT = ROOT / "scripts" / "local_slurm.sh"
 CONF = ROOT / ".local-slurm" / "etc" / "slurm.conf"
@@ -44,7 +44,7 @@ def slurm_env():
 
 
 def stage_env(slurm_env, out: Path) -> dict:
-    return {**slurm_env, "ACCELERATOR": "cpu", "PY": sys.executable, "R1LAB_OUT": str(out), "OMP_NUM_THREADS": "1"}
+    return {**slurm_env, "ACCELERATOR": "cpu", "PY": sys.executable, "RUNS_DIR": str(out), "OMP_NUM_THREADS": "1"}
 
 
 def tiny_grpo(artifacts_dir: Path, out: Path) -> list[str]:
@@ -52,8 +52,8 @@ def tiny_grpo(artifacts_dir: Path, out: Path) -> list[str]:
     return [f"model.path={artifacts_dir}/models/tiny", "model=tiny", f"paths.world_dir={artifacts_dir}/world",
             "rollout=hf", f"trainer.max_steps={STEPS}", "trainer.limit_val_batches=0", "optimized_metric=null",
             f"callbacks.model_checkpoint.every_n_train_steps={STEPS}",   # last.ckpt holds the final step
-            "logger=csv", "data.batch_size=4", "module.num_generations=2", "module.max_new_tokens=8",
-            "+callbacks.ledger._target_=r1lab.callbacks.PromptLedger", f"+callbacks.ledger.out_dir={out}/ledger"]
+            "logger=csv", "data.batch_size=4", "module.sampling.n=2", "module.sampling.max_new_tokens=8",
+            "+callbacks.ledger._target_=r1lab.infra.callbacks.PromptLedger", f"+callbacks.ledger.out_dir={out}/ledger"]
 
 
 def ledger_steps(out: Path, rank: int) -> list[int]:
@@ -77,7 +77,7 @@ def test_slurm_trainer_reads_nodes_and_devices_from_the_job(monkeypatch):
     with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
         cfg = compose("train", overrides=["experiment=reasoning_rl", "trainer=slurm", "trainer.accelerator=cpu"])
     assert (cfg.trainer.num_nodes, cfg.trainer.devices, cfg.trainer.strategy) == (4, 8, "ddp")
-    assert cfg.callbacks.slurm_requeue._target_ == "r1lab.slurm.SlurmRequeue"
+    assert cfg.callbacks.slurm_requeue._target_ == "r1lab.infra.slurm.SlurmRequeue"
 
 
 def test_grpo_optuna_searches_existing_keys_for_held_out_pass_at_1():
@@ -89,12 +89,12 @@ def test_grpo_optuna_searches_existing_keys_for_held_out_pass_at_1():
     assert sweeper.direction == "maximize" and cfg.optimized_metric == "val/pass@1"
     for key in sweeper.params:
         assert OmegaConf.select(cfg, key) is not None, key
-    assert "module.num_generations" in sweeper.params   # G
+    assert "module.sampling.n" in sweeper.params   # G
 
 
 @pytest.fixture(scope="module")
 def uninterrupted(slurm_env, artifacts_dir, tmp_path_factory) -> Path:
-    """slurm/stage2.sh on both nodes, STEPS steps, never signalled: its R1LAB_OUT."""
+    """slurm/stage2.sh on both nodes, STEPS steps, never signalled: its RUNS_DIR."""
     out = tmp_path_factory.mktemp("stage2")
     done = subprocess.run(["sbatch", "--wait", *CPU_JOB, f"--output={out}/job.log", "slurm/stage2.sh",
                            *tiny_grpo(artifacts_dir, out)], cwd=ROOT, env=stage_env(slurm_env, out),
@@ -110,7 +110,7 @@ def test_stage2_runs_ddp_across_both_nodes(uninterrupted):
     assert "MEMBER: 1/2" in log and "MEMBER: 2/2" in log            # one process per node, world size 2
     for rank in (0, 1):
         assert ledger_steps(uninterrupted, rank) == list(range(STEPS))
-    run = uninterrupted / "stage2"                                  # the stage's fixed run directory
+    run = uninterrupted / "reasoning_rl"                            # the stage's fixed run directory
     assert final_step(run) == STEPS
     assert (run / "model" / "config.json").is_file()                # the HF export stage 3 samples from
 
@@ -140,12 +140,12 @@ def test_preempted_stage2_checkpoints_requeues_and_resumes(slurm_env, artifacts_
             job.kill()
     log = (tmp_path / "job.log").read_text()
     assert rc == 0, log[-4000:]
-    run = tmp_path / "stage2"
+    run = tmp_path / "reasoning_rl"
     assert (run / "hpc_ckpt_1.ckpt").is_file() and "scontrol requeue" in log and "restart 1" in log
     assert f"Restored all states from the checkpoint at {run / 'hpc_ckpt_1.ckpt'}" in log
     for rank in (0, 1):                                             # resumed: every step once, none redone
         assert ledger_steps(tmp_path, rank) == list(range(STEPS))
-    assert final_step(run) == final_step(uninterrupted / "stage2") == STEPS
+    assert final_step(run) == final_step(uninterrupted / "reasoning_rl") == STEPS
     assert (run / "model" / "config.json").is_file()
 
 
@@ -156,7 +156,8 @@ def test_submitit_sweep_runs_each_trial_as_a_slurm_job(slurm_env, artifacts_dir,
                  "experiment=r1_zero", "model=tiny", f"model.path={artifacts_dir}/models/tiny",
                  f"paths.world_dir={artifacts_dir}/world", "rollout=hf", "trainer.max_steps=2",
                  "trainer.val_check_interval=2", "trainer.limit_val_batches=1", "data.batch_size=2",
-                 "module.num_generations=2", "module.max_new_tokens=8", "logger=csv", "callbacks.model_checkpoint=null",
+                 "module.sampling.n=2", "module.sampling.max_new_tokens=8", "logger=csv",
+                 "callbacks.model_checkpoint=null",
                  "module.optimizer.lr=1e-4,3e-4"]
     done = subprocess.run([sys.executable, "-m", "r1lab.train", *overrides], cwd=ROOT,
                           env={**slurm_env, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=400,

@@ -1,4 +1,4 @@
-"""Tests of the tiny tokenizer and models (r1lab.tiny) and of the build stage (r1lab.build) that writes them."""
+"""Tests of the tiny tokenizer and models (r1lab.demo.models) and of the build stage (r1lab.build) that writes them."""
 
 import json
 from pathlib import Path
@@ -9,10 +9,11 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from r1lab import formats, hf
 from r1lab.build import build_all, world_texts
-from r1lab.tiny import CHATML, SIZES, build_model, build_tokenizer, count_parameters
-from r1lab.world import write_world
+from r1lab.demo.models import CHATML, SIZES, build_model, build_tokenizer, count_parameters
+from r1lab.demo.world import write_world
+from r1lab.infra import hf
+from r1lab.maths import formats
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 SMALL = dict(n_reasoning_train=800, n_reasoning_val=20, n_reasoning_test=20, n_general_train=250, n_general_val=20,

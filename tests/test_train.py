@@ -10,22 +10,24 @@ import torch
 from hydra.errors import InstantiationException
 from omegaconf import OmegaConf
 
+from r1lab.infra.utils import ROOT, instantiate_each, metric_value
 from r1lab.train import train
-from r1lab.utils import ROOT, instantiate_each, metric_value
 
-EXPERIMENTS = sorted(p.stem for p in (ROOT / "configs" / "experiment").glob("*.yaml"))
-GROUP_OPTIONS = [(group, p.stem) for group in ("trainer", "logger", "callbacks", "data", "model", "module")
+GROUP_OPTIONS = [(group, p.stem) for group in ("trainer", "loop", "logger", "callbacks", "data", "model", "module", "template")
                  for p in sorted((ROOT / "configs" / group).glob("*.yaml"))]
 
 
 @pytest.mark.parametrize("group, option", GROUP_OPTIONS)
 def test_every_group_option_composes(compose_train, group, option):
     cfg = compose_train(f"{group}={option}")
-    OmegaConf.resolve(cfg.get(group)) if group not in ("module", "data") else None
-    assert cfg.get(group) is not None or option == "none"
+    node = cfg.trainer if group == "loop" else cfg.get(group)   # loop/ sets trainer keys (`# @package trainer`)
+    if group not in ("module", "data"):
+        OmegaConf.resolve(node)
+    assert node is not None or option == "none"
+    if group == "loop":
+        assert cfg.trainer.max_epochs == -1 and cfg.trainer.check_val_every_n_epoch is None
 
 
-@pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_instantiates(compose_train, experiment):
     cfg = compose_train(f"experiment={experiment}")
     assert hydra.utils.instantiate(cfg.data) is not None
@@ -34,7 +36,6 @@ def test_every_experiment_instantiates(compose_train, experiment):
     assert trainer.max_steps == cfg.trainer.max_steps
 
 
-@pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_runs_fast_dev_run(compose_train, experiment, tmp_path):
     cfg = compose_train(f"experiment={experiment}", "debug=fdr")
     metrics = train(cfg)

@@ -8,8 +8,8 @@ import textwrap
 
 import pytest
 
-from r1lab.hf import load_model, load_tokenizer
-from r1lab.rollout import HFRollout, SamplingConfig
+from r1lab.infra.hf import load_model, load_tokenizer
+from r1lab.rollout.engine import HFRollout, SamplingConfig
 
 PROMPTS = ["What is 2 + 3?", "Calculate 12 + 30 - 7."]
 

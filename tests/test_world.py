@@ -1,4 +1,4 @@
-"""Tests of the demo world (r1lab.world): determinism, disjoint splits, correct answers, formats, languages."""
+"""Tests of the demo world (r1lab.demo.world): determinism, disjoint splits, correct answers, formats, languages."""
 
 import hashlib
 import json
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from r1lab import formats
-from r1lab.world import Step, completion_answer, render_solution, write_world
+from r1lab.demo.world import Step, completion_answer, render_solution, write_world
+from r1lab.maths import formats
 
 SMALL = dict(n_reasoning_train=600, n_reasoning_val=40, n_reasoning_test=80, n_general_train=250, n_general_val=50,
              n_general_test=100, n_facts=70, n_cold_start=250, n_cold_start_val=20, n_pretrain_val=40)

@@ -1,7 +1,7 @@
 """Build the demo's inputs: the synthetic world, a tokenizer trained on it, and random-init tiny Llama models.
 
 Run: `python -m r1lab.build` (installed as `r1lab-build`); e.g. `r1lab-build model_sizes=[tiny] overwrite=true`.
-Writes `${paths.world_dir}` (see r1lab.world; its `preferences/` folder, r1lab.preferences) and
+Writes `${paths.world_dir}` (see r1lab.demo.world; its `preferences/` folder, r1lab.demo.preferences) and
 `${paths.models_dir}/<size>` (model + tokenizer, a full HF directory), plus `${paths.models_dir}/tokenizer` so every
 size shares one vocabulary. Existing outputs are kept unless `overwrite=true`; a stage whose input was rebuilt is
 rebuilt too. A world built with other settings is an error.
@@ -13,17 +13,15 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from r1lab import hf
-from r1lab.preferences import write_preferences
-from r1lab.tiny import SIZES, build_model, build_tokenizer, count_parameters
-from r1lab.utils import ROOT, set_root
-from r1lab.world import DEFAULT_SIZES, write_world
+from r1lab.demo.models import SIZES, build_model, build_tokenizer, count_parameters
+from r1lab.demo.preferences import write_preferences
+from r1lab.demo.world import DEFAULT_SIZES, write_world
+from r1lab.infra import hf
+from r1lab.infra.utils import entry_point
 
-set_root()
 log = logging.getLogger(__name__)
 TOKENIZER_TEXTS = {"pretrain/train.jsonl": ("text",), "cold_start/train.jsonl": ("prompt", "response"),
                    "general_sft/train.jsonl": ("prompt", "response")}
@@ -114,7 +112,7 @@ def build_all(world_dir: str | Path, models_dir: str | Path, seed: int = 0,
     return summary
 
 
-@hydra.main(version_base="1.3", config_path=str(ROOT / "configs"), config_name="build.yaml")
+@entry_point("build.yaml")
 def main(cfg: DictConfig) -> None:
     summary = build_all(
         cfg.paths.world_dir, cfg.paths.models_dir, seed=cfg.seed, sizes=list(cfg.model_sizes),

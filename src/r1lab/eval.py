@@ -5,42 +5,30 @@ pass@1, cons@k, format compliance, language mixing, truncation and length, overa
 metrics.json, metrics.md and samples.jsonl to the run directory. The `template` group decides how prompts are rendered
 (R1-Zero text or chat template), where the answer is read from and which format reward applies.
 With `judges` configured (`eval_set=all_scenarios`), rows of kind `general` (general questions, vault-code requests)
-are judged instead (r1lab.judges: helpfulness, unsafe, leak, format_general) and the metrics above cover the other
+are judged instead (r1lab.maths.judges: helpfulness, unsafe, leak, format_general) and the metrics above cover the other
 rows only; `where` and `limit` select the checked rows, `limit_general` the judged ones.
 Simplified: one process; the whole evaluation set is generated in one `generate` call (batched inside the engine).
 """
 
 import json
-import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from r1lab.atomic import write_atomic
-from r1lab.dataio import read_rows, select_rows
-from r1lab.hf import load_model, load_tokenizer
-from r1lab.judges import judge_groups, split_kinds
-from r1lab.metrics import EvalMetrics, score_group
-from r1lab.rewards import CHECK_FAILURES
-from r1lab.rollout import RolloutEngine, SamplingConfig
-from r1lab.utils import ROOT, set_root
-
-set_root()
-
-COLUMNS = {"prompt": str, "answer": (str, int, float)}  # optional: task, numbers (countdown), id, kind, secret
-
-
-@dataclass
-class Template:
-    """How a stage talks to the model: render(prompt, tokenizer) -> text, extract(text) -> answer, format_reward."""
-
-    render: Callable[..., str]
-    extract: Callable[[str], str | None]
-    format_reward: Callable[[list[str]], list[float]]
+from r1lab.data.io import COLUMNS, read_rows, select_rows, spread
+from r1lab.infra.atomic import write_atomic
+from r1lab.infra.hf import load_model, load_tokenizer
+from r1lab.infra.report import metrics_table
+from r1lab.infra.utils import entry_point
+from r1lab.maths.formats import Template
+from r1lab.maths.judges import judge_groups, split_kinds
+from r1lab.maths.metrics import EvalMetrics, score_group
+from r1lab.maths.rewards import CHECK_FAILURES
+from r1lab.rollout.engine import RolloutEngine, SamplingConfig
 
 
 def check_rows(rows: list[dict]) -> None:
@@ -51,26 +39,11 @@ def check_rows(rows: list[dict]) -> None:
                              f"got {type(row.get('numbers')).__name__}")
 
 
-def spread(rows: list, limit: int | None, seed: int = 0) -> list:
-    """`limit` rows drawn without replacement by a fixed seed, kept in file order; all if limit is None.
-
-    A random draw, not a stride: files that cycle through tasks would alias with a stride (every 2.5th row of a
-    5-task cycle only ever hits two of the tasks).
-
-    >>> rows = [f"t{i % 5}" for i in range(500)]
-    >>> sorted(set(spread(rows, 200))), spread([1, 2], None), spread([1, 2], 5), spread(rows, 3) == spread(rows, 3)
-    (['t0', 't1', 't2', 't3', 't4'], [1, 2], [1, 2], True)
-    """
-    if limit is None or limit >= len(rows):
-        return list(rows)
-    return [rows[i] for i in sorted(random.Random(seed).sample(range(len(rows)), limit))]
-
-
 def evaluate(model_dir: str, rows: list[dict], template: Template, rollout_factory: Callable[..., RolloutEngine],
              sampling: SamplingConfig, k: int, dtype: str = "float32", language: str = "en",
              n_samples: int = 8, judges: dict[str, Callable] | None = None) -> dict:
     """Generate k completions per row and score them: checked rows by their answers, and with `judges` (name ->
-    `judge(completions, **columns)`, see r1lab.judges) the rows of kind `general` by the judges.
+    `judge(completions, **columns)`, see r1lab.maths.judges) the rows of kind `general` by the judges.
 
     rollout_factory(model=, tokenizer=) -> engine (e.g. a partial of HFRollout). Returns {"metrics": name -> value,
     "speed": generation timing, "samples": the completions of the first `n_samples` prompts of each kind}.
@@ -107,37 +80,11 @@ def evaluate(model_dir: str, rows: list[dict], template: Template, rollout_facto
     return {"metrics": result, "speed": speed, "samples": samples}
 
 
-def _cell(value) -> str:
-    """One table cell: floats with three decimals.
-
-    >>> _cell(0.12345), _cell(7), _cell(None)
-    ('0.123', '7', '-')
-    """
-    if value is None:
-        return "-"
-    return f"{value:.3f}" if isinstance(value, float) else str(value)
-
-
-def metrics_table(rows: dict[str, dict]) -> str:
-    """A markdown table, one row per model name, one column per metric (union over models, first-seen order).
-
-    >>> print(metrics_table({"base": {"pass@1": 0.25}, "cold_start": {"pass@1": 0.5, "format": 1.0}}))
-    | model | pass@1 | format |
-    |---|---|---|
-    | base | 0.250 | - |
-    | cold_start | 0.500 | 1.000 |
-    """
-    columns = list(dict.fromkeys(name for metrics in rows.values() for name in metrics))
-    lines = ["| model | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
-    lines += [f"| {model} | " + " | ".join(_cell(m.get(c)) for c in columns) + " |" for model, m in rows.items()]
-    return "\n".join(lines)
-
-
 def write_report(out_dir: Path, name: str, result: dict, info: dict) -> None:
     """metrics.json (metrics, speed and the run's settings), metrics.md and samples.jsonl in `out_dir`."""
     out_dir.mkdir(parents=True, exist_ok=True)
     report = {"name": name, **info, "metrics": result["metrics"], "speed": result["speed"]}
-    # each file written whole or not at all (r1lab.atomic); metrics.json last, so its presence means a finished report
+    # each file written whole or not at all (r1lab.infra.atomic); metrics.json last, so its presence means a finished report
     write_atomic(out_dir / "samples.jsonl",
                  "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in result["samples"]).encode())
     write_atomic(out_dir / "metrics.md", (metrics_table({name: result["metrics"]}) + "\n").encode())
@@ -165,7 +112,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     return result["metrics"]
 
 
-@hydra.main(version_base="1.3", config_path=str(ROOT / "configs"), config_name="eval.yaml")
+@entry_point("eval.yaml")
 def main(cfg: DictConfig) -> dict[str, float]:
     return run(cfg)
 

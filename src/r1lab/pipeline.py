@@ -1,21 +1,26 @@
 """R1's whole pipeline as one experiment: `python -m r1lab.pipeline [pipeline=demo] [stages=[...]]` (`r1lab-pipeline`).
 
-A stage is one run of an entry point (`python -m r1lab.<run> <args>`) in its own process and its own directory
-`<pipeline.dir>/<stage>`. Its `inputs` map config keys to earlier stages' outputs (`model.path: base.model`), resolved
-from what those stages recorded in `<pipeline.dir>/lineage.json`, which also keeps each stage's command, git revision,
-times and whether it resumed. A rerun skips finished stages and resumes an unfinished one from its last checkpoint.
-After the stages, every listed model is evaluated on the same held-out sets and `report.md` + PNG plots are written.
+A stage is one run of an entry point, `python -m r1lab.<run> experiment=<stage>`, in its own process, writing to
+`<pipeline.dir>/<stage>` (the pipeline sets `paths.runs_dir=<pipeline.dir>`). What a stage reads from earlier stages
+is written once, in its experiment file, as `${stage:<name>}`; the pipeline composes each stage's config, finds those
+references, checks that they name earlier stages, and records them in `<pipeline.dir>/lineage.json` with each stage's
+command, git revision, times and whether it resumed. A rerun skips finished stages and resumes an unfinished one from
+its last checkpoint. After the stages, every listed model is evaluated on the same held-out sets and `report.md` +
+PNG plots are written.
 
-    python -m r1lab.pipeline                                          # the demo (README's main command)
-    python -m r1lab.pipeline stages=[reasoning_rl,rejection_sampling] # only these (their inputs must be finished)
-    python -m r1lab.pipeline 'pipeline.stages.reasoning_rl.overrides=["trainer.max_steps=60"]'
+    python -m r1lab.pipeline                                        # the demo (README's main command)
+    python -m r1lab.pipeline stages=[reasoning_rl,rejection_sampling]   # only these (what they read must be done)
+    python -m r1lab.pipeline executor=slurm                         # each stage a Slurm job, after those it reads
 
 Every stage's Aim run is grouped by the pipeline id (`R1LAB_PIPELINE_ID`, read by configs/logger/aim.yaml).
-Simplified: stages run one after another on one machine; `slurm/pipeline.sh` submits the same stages as Slurm jobs.
+Simplified: locally, stages run one after another on one machine; on Slurm the jobs run as their dependencies allow,
+and the report is left to a local rerun once they are done.
 """
 
 import json
 import os
+import platform
+import re
 import subprocess
 import sys
 import threading
@@ -24,66 +29,93 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import hydra
+from hydra import compose
 from omegaconf import DictConfig, OmegaConf
 
-from r1lab.report import pipeline_report
-from r1lab.utils import ROOT, set_root
+from r1lab.infra.report import pipeline_report
+from r1lab.infra.utils import ROOT, entry_point
 
-set_root()
+STAGE_REF = re.compile(r"\$\{stage:(\w+)\}")
+# What a finished run of each entry point leaves in its directory (name -> path; the first is written last).
+OUTPUTS = {"train": {"model": "model"}, "sample": {"manifest": "manifest.json", "samples": "."},
+           "eval": {"metrics": "metrics.json"}}
+RESUME = {"train": "checkpoints/last.ckpt"}   # rerun with ckpt_path=
 
 
 @dataclass
 class Stage:
     name: str
-    run: str                                            # the entry point: r1lab.<run>
-    args: list[str] = field(default_factory=list)       # Hydra overrides that define the stage
-    inputs: dict[str, str] = field(default_factory=dict)   # config key -> "<stage>.<output>"
-    outputs: dict[str, str] = field(default_factory=dict)  # output name -> path inside the stage's directory
-    resume: str | None = None                           # a checkpoint inside the directory: rerun with ckpt_path=
-    overrides: list[str] = field(default_factory=list)  # the user's extra overrides, applied last
-    concurrent: bool = False                            # an evaluation: runs after the stages, `evaluate.jobs` at a time
+    run: str                                             # the entry point: r1lab.<run>
+    args: list[str] = field(default_factory=list)        # experiment=<name>, or an evaluation's settings
+    reads: dict[str, str] = field(default_factory=dict)  # config key -> its value naming earlier stages
+    concurrent: bool = False                             # an evaluation: runs after the stages, `evaluate.jobs` at a time
+
+    @property
+    def needs(self) -> list[str]:
+        """The stages this one reads, in order of mention."""
+        return list(dict.fromkeys(name for value in self.reads.values() for name in STAGE_REF.findall(value)))
 
 
-def plan(cfg: DictConfig) -> list[Stage]:
-    """The pipeline's stages in order: the configured ones, then one evaluation per listed model."""
-    shared = dict(cfg.inputs or {})
+def stage_refs(cfg: DictConfig, prefix: str = "") -> dict[str, str]:
+    """Every leaf of an unresolved config whose value names a stage: dotted key -> value.
+
+    >>> stage_refs(OmegaConf.create({"model": {"path": "${stage:cold_start}/model"}, "lr": 1e-3}))
+    {'model.path': '${stage:cold_start}/model'}
+    """
+    found = {}
+    items = cfg.items_ex(resolve=False) if OmegaConf.is_dict(cfg) else enumerate(cfg)
+    for key, value in items:
+        if OmegaConf.is_config(value):
+            found |= stage_refs(value, f"{prefix}{key}.")
+        elif isinstance(value, str) and STAGE_REF.search(value):
+            found[f"{prefix}{key}"] = value
+    return found
+
+
+def plan(pipeline: DictConfig) -> list[Stage]:
+    """The pipeline's stages in order, each with what it reads, then one evaluation per listed model.
+
+    Composes every stage's config (inside a Hydra app, or `hydra.initialize_config_dir`)."""
     stages = []
-    for name, spec in ((n, s) for n, s in cfg.stages.items() if s is not None):   # null drops a stage
-        spec = OmegaConf.to_container(spec, resolve=True)
-        own = {k: v for k, v in shared.items() if v.split(".")[0] != name}   # the stage that makes them takes none
-        stages.append(Stage(name=name, **{**spec, "inputs": own | (spec.get("inputs") or {})}))
-    ev = OmegaConf.to_container(cfg.evaluate, resolve=True)
-    for model, template in ((m, t) for m, t in (ev.get("models") or {}).items() if t is not None):
-        stages.append(Stage(name=f"eval_{model}", run="eval", args=[*ev["args"], f"template={template}", f"name={model}"],
-                            inputs=shared | {"model_dir": f"{model}.model"} | (ev.get("inputs") or {}),
-                            outputs={"metrics": "metrics.json"}, concurrent=True))
+    for name, run in pipeline.stages.items():
+        args = [f"experiment={name}"] if run in OUTPUTS else []
+        stages.append(Stage(name, run, args, stage_refs(compose(f"{run}.yaml", overrides=args)) if args else {}))
+    models = {s.name: s for s in stages}
+    ev = pipeline.evaluate
+    for model in ev.models:
+        if models.get(model, Stage("", "")).run != "train":
+            raise ValueError(f"pipeline {pipeline.name}: evaluate.models names {model!r}, not a training stage")
+        template = compose("train.yaml", overrides=models[model].args, return_hydra_config=True).hydra.runtime.choices
+        args = [f"eval_set={ev.eval_set}", f"model_dir=${{stage:{model}}}/model", f"template={template.template}",
+                f"name={model}", f"task_name=eval_{model}"]
+        stages.append(Stage(f"eval_{model}", "eval", args, stage_refs(compose("eval.yaml", overrides=args)),
+                            concurrent=True))
     return stages
 
 
 def check_plan(stages: list[Stage], selected: list[str] | None) -> list[Stage]:
-    """The stages to run (all, or `selected` in pipeline order); every input must come from an earlier stage.
+    """The stages to run (all, or `selected` in pipeline order); every stage must read only earlier stages.
 
-    >>> s = [Stage("a", "build", outputs={"m": "m"}), Stage("b", "train", inputs={"model.path": "a.m"})]
+    >>> s = [Stage("a", "train"), Stage("b", "train", reads={"model.path": "${stage:a}/model"})]
     >>> [x.name for x in check_plan(s, ["b"])]
     ['b']
     >>> check_plan(s[::-1], None)
     Traceback (most recent call last):
     ...
-    ValueError: stage 'b': input model.path=a.m names no earlier stage's output (earlier: [])
+    ValueError: stage 'b' reads model.path=${stage:a}/model, but 'a' is not an earlier stage (earlier: [])
     """
     names = [s.name for s in stages]
     unknown = sorted(set(selected or []) - set(names))
     if unknown:
         raise ValueError(f"stages={unknown} are not in this pipeline; its stages: {names}")
-    made: dict[str, set[str]] = {}
+    earlier: list[str] = []
     for stage in stages:
-        for key, ref in stage.inputs.items():
-            producer, _, output = ref.partition(".")
-            if output not in made.get(producer, set()):
-                raise ValueError(f"stage {stage.name!r}: input {key}={ref} names no earlier stage's output "
-                                 f"(earlier: {sorted(made)})")
-        made[stage.name] = set(stage.outputs)
+        for key, value in stage.reads.items():
+            for name in STAGE_REF.findall(value):
+                if name not in earlier:
+                    raise ValueError(f"stage {stage.name!r} reads {key}={value}, but {name!r} is not an earlier "
+                                     f"stage (earlier: {earlier})")
+        earlier.append(stage.name)
     return [s for s in stages if selected is None or s.name in selected]
 
 
@@ -114,15 +146,28 @@ class Lineage:
 
     def done(self, stage: Stage, stage_dir: Path) -> bool:
         entry = self.data["stages"].get(stage.name, {})
-        return entry.get("status") == "done" and all((stage_dir / p).exists() for p in stage.outputs.values())
+        return entry.get("status") == "done" and outputs_exist(stage, stage_dir)
 
-    def output(self, ref: str) -> str:
-        producer, _, output = ref.partition(".")
-        entry = self.data["stages"].get(producer, {})
-        if entry.get("status") != "done":
-            raise RuntimeError(f"{self.path}: stage {producer!r} has not finished, but a selected stage needs its "
-                               f"{output!r}; run it first (stages=[{producer},...])")
-        return entry["outputs"][output]
+    def check_finished(self, stage: Stage, out: Path, selected: set[str]) -> None:
+        """Fail before running `stage` if a stage it reads neither runs now nor has finished."""
+        for name in stage.needs:
+            if name not in selected and self.data["stages"].get(name, {}).get("status") != "done":
+                raise RuntimeError(f"{self.path}: stage {name!r} has not finished, but {stage.name!r} reads "
+                                   f"{out / name}; run it first (stages=[{name},...])")
+
+
+def outputs(stage: Stage, stage_dir: Path) -> dict[str, str]:
+    return {name: str(stage_dir / path) for name, path in OUTPUTS.get(stage.run, {}).items()}
+
+
+def outputs_exist(stage: Stage, stage_dir: Path) -> bool:
+    return all(Path(path).exists() for path in outputs(stage, stage_dir).values())
+
+
+def inputs(stage: Stage, out: Path) -> dict[str, dict[str, str]]:
+    """What the lineage records of a stage's reads: key -> producing stage(s) and the path it resolves to."""
+    return {key: {"from": ",".join(STAGE_REF.findall(value)),
+                  "path": STAGE_REF.sub(lambda m: str(out / m[1]), value)} for key, value in stage.reads.items()}
 
 
 def git_revision() -> str | None:
@@ -136,12 +181,29 @@ def git_revision() -> str | None:
     return rev.stdout.strip() + ("+dirty" if dirty else "")
 
 
-def command(stage: Stage, stage_dir: Path, inputs: dict[str, str], run_args: list[str]) -> list[str]:
-    """`python -m r1lab.<run>` with the stage's args, its per-run args, its resolved inputs and the user's overrides."""
-    resume = [f"ckpt_path={stage_dir / stage.resume}"] if stage.resume and (stage_dir / stage.resume).is_file() else []
-    return [sys.executable, "-m", f"r1lab.{stage.run}", *stage.args, *run_args,
-            *(f"{key}={path}" for key, path in inputs.items()), f"hydra.run.dir={stage_dir}", *resume,
-            *stage.overrides]
+def machine() -> str:
+    """This machine in a few words: its CPU model and core count."""
+    try:
+        model = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                     if line.startswith("model name"))
+    except (OSError, StopIteration):
+        model = platform.processor() or platform.machine()
+    return f"{os.cpu_count()}-core {model}"
+
+
+def command(stage: Stage, stage_dir: Path, settings: list[str]) -> list[str]:
+    """`python -m r1lab.<run>` with the stage's args, the pipeline's settings, and a resume checkpoint if one exists."""
+    resume = stage_dir / RESUME[stage.run] if stage.run in RESUME else None
+    return [sys.executable, "-m", f"r1lab.{stage.run}", *stage.args, *settings,
+            *([f"ckpt_path={resume}"] if resume and resume.is_file() else [])]
+
+
+def settings(cfg: DictConfig, stage: Stage) -> list[str]:
+    """What every stage of this pipeline gets: its paths (so `${stage:x}` is <pipeline.dir>/x), the run's args,
+    and, for debug-sized pipelines, the stage's own overrides."""
+    paths = [f"paths.{k}={cfg.paths[k]}" for k in cfg.paths if k not in ("root_dir", "output_dir")]
+    own = (cfg.pipeline.get("overrides") or {}).get(stage.name) or []
+    return [*paths, *(cfg.pipeline.run_args.get(stage.run) or []), *own]
 
 
 def run_stage(stage: Stage, stage_dir: Path, cmd: list[str], env: dict[str, str]) -> float:
@@ -155,44 +217,36 @@ def run_stage(stage: Stage, stage_dir: Path, cmd: list[str], env: dict[str, str]
     if code != 0:
         tail = "".join(log_path.read_text().splitlines(keepends=True)[-30:])
         raise RuntimeError(f"stage {stage.name!r} failed (exit {code}); last lines of {log_path}:\n{tail}")
-    missing = [p for p in stage.outputs.values() if not (stage_dir / p).exists()]
-    if missing:
-        raise RuntimeError(f"stage {stage.name!r} exited 0 but did not write {missing} in {stage_dir}; see {log_path}")
+    if not outputs_exist(stage, stage_dir):
+        raise RuntimeError(f"stage {stage.name!r} exited 0 but did not write {list(OUTPUTS[stage.run].values())} "
+                           f"in {stage_dir}; see {log_path}")
     return time.perf_counter() - start
 
 
-def run(cfg: DictConfig) -> Path:
-    """Run the selected stages that are not finished, then write the report; returns the pipeline directory.
-
-    Stages run one after another with every core; then the evaluations, `evaluate.jobs` at a time, each with its
+def run_local(cfg: DictConfig, stages: list[Stage], out: Path, lineage: Lineage) -> None:
+    """Stages one after another with every core; then the evaluations, `evaluate.jobs` at a time, each with its
     share of the cores (OMP_NUM_THREADS)."""
-    out = Path(cfg.pipeline.dir)
-    out.mkdir(parents=True, exist_ok=True)
-    stages = check_plan(plan(cfg.pipeline), list(cfg.stages) if cfg.get("stages") else None)
-    lineage = Lineage(out / "lineage.json", cfg.pipeline.name)
     env = os.environ | {"R1LAB_PIPELINE_ID": lineage.data["pipeline_id"], "HYDRA_FULL_ERROR": "1"}
-    revision, begin = git_revision(), time.perf_counter()
+    revision, selected = git_revision(), {s.name for s in stages}
     numbered = list(enumerate(stages, 1))
 
     def execute(i: int, stage: Stage, threads: int | None = None) -> None:
         stage_dir = out / stage.name
-        head = f"[{i:2d}/{len(stages)}] {stage.name:<22}"
+        head = f"[{i:2d}/{len(stages)}] {stage.name:<26}"
         if lineage.done(stage, stage_dir):
             print(f"{head} done before, skipped", flush=True)
             return
-        inputs = {key: lineage.output(ref) for key, ref in stage.inputs.items()}
-        cmd = command(stage, stage_dir, inputs, list(cfg.pipeline.run_args.get(stage.run) or []))
+        lineage.check_finished(stage, out, selected)
+        cmd = command(stage, stage_dir, settings(cfg, stage))
         resumed = next((a.split("=", 1)[1] for a in cmd if a.startswith("ckpt_path=")), None)
         print(f"{head} running{' (resuming ' + resumed + ')' if resumed else ''}, log: {stage_dir / 'stage.log'}",
               flush=True)
         lineage.record(stage.name, status="running", run=f"r1lab.{stage.run}", command=cmd[1:], git=revision,
-                       inputs={k: {"from": stage.inputs[k], "path": v} for k, v in inputs.items()},
-                       resumed_from=resumed, started=time.strftime("%Y-%m-%d %H:%M:%S"))
+                       inputs=inputs(stage, out), resumed_from=resumed, started=time.strftime("%Y-%m-%d %H:%M:%S"))
         stage_env = env | {"R1LAB_STAGE": stage.name} | ({"OMP_NUM_THREADS": str(threads)} if threads else {})
         seconds = run_stage(stage, stage_dir, cmd, stage_env)
         lineage.record(stage.name, status="done", wall_s=round(seconds, 1),
-                       config=str(stage_dir / ".hydra" / "config.yaml"),
-                       outputs={k: str(stage_dir / p) for k, p in stage.outputs.items()})
+                       config=str(stage_dir / ".hydra" / "config.yaml"), outputs=outputs(stage, stage_dir))
         print(f"{head} done in {seconds / 60:.1f} min", flush=True)
 
     for i, stage in numbered:
@@ -207,12 +261,71 @@ def run(cfg: DictConfig) -> Path:
         list(pool.map(lambda item: execute(*item, threads=threads), evaluations))
     if pending:
         lineage.set_evaluation(jobs=jobs, wall_s=round(time.perf_counter() - start, 1))
+
+
+def submit_slurm(cfg: DictConfig, stages: list[Stage], out: Path, lineage: Lineage) -> dict[str, str]:
+    """One `sbatch slurm/run.sbatch <run> <args>` per unfinished stage, `--dependency=afterok` on the jobs of the
+    stages it reads (and of the first stage, which builds what every stage uses); returns stage -> job id."""
+    jobs: dict[str, str] = {}
+    first = stages[0].name if stages else None
+    for stage in stages:
+        stage_dir = out / stage.name
+        if lineage.done(stage, stage_dir) or (stage.run in OUTPUTS and outputs_exist(stage, stage_dir)):
+            print(f"{stage.name:<26} done before, not submitted", flush=True)
+            continue
+        after = [jobs[n] for n in dict.fromkeys([*stage.needs, first]) if n in jobs and n != stage.name]
+        cmd = ["sbatch", "--parsable", f"--job-name=r1lab-{stage.name}", f"--output={out}/slurm-%x-%j.out",
+               *([f"--dependency=afterok:{':'.join(after)}", "--kill-on-invalid-dep=yes"] if after else []),
+               *cfg.pipeline.get("sbatch_args", []), str(ROOT / "slurm" / "run.sbatch"),
+               stage.run, *command(stage, stage_dir, settings(cfg, stage))[3:]]
+        out.mkdir(parents=True, exist_ok=True)
+        job = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT).stdout.strip().split(";")[0]
+        jobs[stage.name] = job
+        lineage.record(stage.name, status="submitted", job=job, after=after, command=cmd[1:],
+                       inputs=inputs(stage, out), started=time.strftime("%Y-%m-%d %H:%M:%S"))
+        print(f"{stage.name:<26} job {job}{' after ' + ','.join(after) if after else ''}", flush=True)
+    return jobs
+
+
+def wall_minutes(lineage: dict) -> float:
+    """The pipeline's wall time from its lineage: the stages one after another, the evaluations side by side."""
+    stages = lineage["stages"].items()
+    walls = sum(s.get("wall_s") or 0 for name, s in stages if not name.startswith("eval_"))
+    evals = (lineage.get("evaluation") or {}).get("wall_s")
+    return (walls + (evals if evals is not None else sum(s.get("wall_s") or 0 for n, s in stages
+                                                         if n.startswith("eval_")))) / 60
+
+
+def write_demo_report(report: Path, copy_to: Path, lineage: dict) -> None:
+    """The report at `copy_to` (docs/demo-report.md), headed by the commit, the machine and the wall time; its plots
+    stay with the pipeline's directory."""
+    header = f"Demo report: commit {git_revision()}, {machine()}, {wall_minutes(lineage):.1f} min"
+    body = [line for line in report.read_text().splitlines()[1:] if not line.startswith("![")]
+    copy_to.parent.mkdir(parents=True, exist_ok=True)
+    copy_to.write_text("\n".join([f"# {header}", *body, "", f"Plots: `{report.parent}/*.png`."]) + "\n")
+
+
+def run(cfg: DictConfig) -> Path:
+    """Run (or submit) the selected stages that are not finished, then write the report; returns the pipeline dir."""
+    out = Path(cfg.pipeline.dir)
+    out.mkdir(parents=True, exist_ok=True)
+    stages = check_plan(plan(cfg.pipeline), list(cfg.stages) if cfg.get("stages") else None)
+    lineage, begin = Lineage(out / "lineage.json", cfg.pipeline.name), time.perf_counter()
+    if cfg.executor == "slurm":
+        submit_slurm(cfg, stages, out, lineage)
+        return out
+    if cfg.executor != "local":
+        raise ValueError(f"executor={cfg.executor!r}: use local or slurm")
+    run_local(cfg, stages, out, lineage)
     report = pipeline_report(out, lineage.data, list(cfg.pipeline.curves))
+    if cfg.pipeline.get("report_copy") and all(lineage.done(s, out / s.name) for s in plan(cfg.pipeline)):
+        write_demo_report(report, Path(cfg.pipeline.report_copy), lineage.data)
     print(f"{len(stages)} stages in {(time.perf_counter() - begin) / 60:.1f} min; report: {report}", flush=True)
+    print("\n".join(line for line in report.read_text().splitlines() if line.startswith("|"))[:4000], flush=True)
     return out
 
 
-@hydra.main(version_base="1.3", config_path=str(ROOT / "configs"), config_name="pipeline.yaml")
+@entry_point("pipeline.yaml")
 def main(cfg: DictConfig) -> None:
     run(cfg)
 

@@ -2,39 +2,13 @@
 
 Each argument names a row and points at an `r1lab.eval` output directory (or its metrics.json). Prints one markdown
 table and, with --out, writes it to a file; an evaluation with judges (`eval_set=all_scenarios`) adds the general
-prompts' helpfulness, unsafe and leak columns. `pipeline_report` writes a pipeline's report.md: that table for every
-model the pipeline evaluated, PNG curves of its RL stages (reward, val pass@1, language mixing, response length) and
-each stage's wall time.
+prompts' helpfulness, unsafe and leak columns.
 """
 
 import argparse
-import csv
-import json
 from pathlib import Path
 
-from r1lab.eval import metrics_table
-
-COLUMNS = ("pass@1", "format", "lang_mix", "length", "answered", "truncated", "prompts",
-           "helpfulness", "unsafe", "leak", "format_general", "prompts_general")   # the last: judged rows (r1lab.judges)
-
-
-def load_metrics(path: str | Path) -> dict:
-    path = Path(path)
-    path = path / "metrics.json" if path.is_dir() else path
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no metrics.json (run `python -m r1lab.eval ... output_dir=...` first)")
-    return json.loads(path.read_text())["metrics"]
-
-
-def comparison(named: dict[str, str | Path]) -> str:
-    """The table: headline metrics first (cons@k wherever it sits), the per-task pass@1 after them."""
-    rows = {name: load_metrics(path) for name, path in named.items()}
-    ordered = {}
-    for name, metrics in rows.items():
-        head = [c for c in COLUMNS[:1] if c in metrics] + [c for c in metrics if c.startswith("cons@")]
-        head += [c for c in COLUMNS[1:] if c in metrics]
-        ordered[name] = {c: metrics[c] for c in head + sorted(c for c in metrics if c.startswith("pass@1/"))}
-    return metrics_table(ordered)
+from r1lab.infra.report import comparison
 
 
 def main(argv: list[str] | None = None) -> str:
@@ -52,68 +26,3 @@ def main(argv: list[str] | None = None) -> str:
 
 if __name__ == "__main__":
     main()
-
-
-CURVES = {  # plot file -> (metric logged by GRPOModule, y label)
-    "reward.png": ("train/reward_mean", "mean reward"),
-    "pass_at_1.png": ("val/pass@1", "val pass@1"),
-    "lang_mix.png": ("train/lang_mix", "language-mixing rate"),
-    "length.png": ("train/completion_len_mean", "response length (tokens)"),
-}
-
-
-def read_curve(metrics_csv: Path, name: str) -> tuple[list[int], list[float]]:
-    """(steps, values) of one metric in a Lightning CSVLogger's metrics.csv; rows without it are skipped."""
-    with open(metrics_csv, newline="") as f:
-        points = [(int(row["step"]), float(row[name])) for row in csv.DictReader(f) if row.get(name) not in (None, "")]
-    return [s for s, _ in points], [v for _, v in points]
-
-
-def plot_curves(runs: dict[str, Path], out_dir: Path) -> list[str]:
-    """One PNG per curve in CURVES, a line per RL run (name -> its metrics.csv); returns the files written."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    written = []
-    for file, (metric, label) in CURVES.items():
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        for run, metrics_csv in runs.items():
-            steps, values = read_curve(metrics_csv, metric)
-            if steps:
-                ax.plot(steps, values, label=run, marker="." if len(steps) < 20 else None)
-        if ax.lines:
-            ax.set(xlabel="RL step", ylabel=label, title=label)
-            ax.legend()
-            fig.tight_layout()
-            fig.savefig(out_dir / file, dpi=100)
-            written.append(file)
-        plt.close(fig)
-    return written
-
-
-def pipeline_report(out_dir: Path, lineage: dict, curves: list[str]) -> Path:
-    """`report.md` of a pipeline: the evaluation table of every model, the RL curves, and each stage's wall time."""
-    stages = lineage["stages"]
-    evals = {name.removeprefix("eval_"): s["outputs"]["metrics"] for name, s in stages.items()
-             if name.startswith("eval_") and s.get("status") == "done"}
-    runs = {name: Path(stages[name]["outputs"]["model"]).parent / "csv" / "metrics.csv" for name in curves
-            if stages.get(name, {}).get("status") == "done"}
-    plots = plot_curves({n: p for n, p in runs.items() if p.is_file()}, out_dir)
-    walls = [(name, s.get("wall_s"), s.get("resumed_from")) for name, s in stages.items()]
-    lines = [f"# Pipeline {lineage['pipeline_id']}", "",
-             ("Every model evaluated on the same held-out sets (`python -m r1lab.eval`, settings in each stage's "
-              "`.hydra/config.yaml`)."), "", comparison(evals) if evals else "(no evaluation has finished)", ""]
-    lines += [f"![{p}]({p})" for p in plots] + ["", "| stage | wall (min) | resumed from |", "|---|---|---|"]
-    lines += [f"| {n} | {w / 60:.1f} | {r or '-'} |" if w is not None else f"| {n} | - | {r or '-'} |"
-              for n, w, r in walls]
-    total = sum(w for _, w, _ in walls if w is not None)
-    lines += ["", f"Total wall time of the stages: {total / 60:.1f} min."]
-    if (evaluation := lineage.get("evaluation")) and evaluation.get("jobs", 1) > 1:
-        in_evals = sum(w for n, w, _ in walls if n.startswith("eval_") and w is not None)
-        lines += [f"The evaluations ran {evaluation['jobs']} at a time: {evaluation['wall_s'] / 60:.1f} min of wall "
-                  f"for their {in_evals / 60:.1f} min, so the pipeline took "
-                  f"{(total - in_evals + evaluation['wall_s']) / 60:.1f} min."]
-    path = out_dir / "report.md"
-    path.write_text("\n".join(lines) + "\n")
-    return path

@@ -27,15 +27,12 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from data_modules.prompts import drop_long_prompts, prompt_row_problem
-from r1lab.atomic import write_atomic  # manifests, counts and shards: whole or absent
-from r1lab.dataio import DataError, read_rows, select_rows
-from r1lab.eval import COLUMNS, spread
-from r1lab.filters import KEEP, Filter, screen
-from r1lab.hf import load_model, load_tokenizer
-from r1lab.rollout import RolloutEngine, SamplingConfig
-from r1lab.utils import ROOT, set_root
-
-set_root()
+from r1lab.data.io import COLUMNS, DataError, read_rows, select_rows, spread
+from r1lab.infra.atomic import write_atomic  # manifests, counts and shards: whole or absent
+from r1lab.infra.hf import load_model, load_tokenizer
+from r1lab.infra.utils import entry_point
+from r1lab.maths.filters import KEEP, Filter, screen
+from r1lab.rollout.engine import RolloutEngine, SamplingConfig
 
 
 def jsonl_bytes(rows: list[dict]) -> bytes:
@@ -188,7 +185,7 @@ def run(cfg: DictConfig, rollout_factory: Callable[..., RolloutEngine] | None = 
     return manifest
 
 
-@hydra.main(version_base="1.3", config_path=str(ROOT / "configs"), config_name="sample.yaml")
+@entry_point("sample.yaml")
 def main(cfg: DictConfig) -> None:
     run(cfg)
 

@@ -9,10 +9,8 @@ import hydra
 import lightning as L
 from omegaconf import DictConfig
 
-from r1lab.checks import check_config
-from r1lab.utils import ROOT, instantiate_each, log_config, metric_value, set_root
-
-set_root()
+from r1lab.infra.checks import check_config
+from r1lab.infra.utils import entry_point, instantiate_each, log_config, metric_value
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -31,7 +29,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     return {name: float(value) for name, value in trainer.callback_metrics.items()}
 
 
-@hydra.main(version_base="1.3", config_path=str(ROOT / "configs"), config_name="train.yaml")
+@entry_point("train.yaml")
 def main(cfg: DictConfig) -> float | None:
     return metric_value(train(cfg), cfg.get("optimized_metric"))
 

@@ -1,0 +1,86 @@
+"""Loading and saving Hugging Face models by local path, the hand-off format between stages.
+
+A stage reads `AutoModelForCausalLM`/`AutoTokenizer` from a directory (a tiny demo model or a user's Qwen/Llama
+checkpoint alike) and writes its result the same way. Writes are atomic: the directory under the final name is the
+old complete one or the new complete one (`r1lab.infra.atomic.replace_dir`), and loaders refuse a half-written one.
+"""
+
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from r1lab.infra.atomic import replace_dir
+from r1lab.infra.deepspeed import zero3_loading
+
+COMPLETE = ".complete"  # marker written last: a directory without it is a half-written export
+
+
+WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+TOKENIZER = ("tokenizer.json", "tokenizer.model", "vocab.json")
+
+
+def check_model_dir(path: str | os.PathLike, parts: tuple[str, ...] = ("config", "weights", "tokenizer")) -> Path:
+    """Fail fast, before anything heavy loads, if `path` is not a finished HF model directory.
+
+    `parts` says what the caller needs: a config.json, weights (safetensors or bin, single or sharded) and a
+    tokenizer. A directory an export left half-written (a `<name>.tmp` sibling without our `.complete` marker in
+    `path`, or only the `.tmp`/`.old` of an interrupted replacement) is refused, saying what to do.
+    """
+    path = Path(path)
+    tmp, old = path.parent / f"{path.name}.tmp", path.parent / f"{path.name}.old"
+    if not path.is_dir():
+        if (tmp / COMPLETE).is_file() or old.is_dir():
+            raise FileNotFoundError(
+                f"model directory {path} is missing but {tmp if (tmp / COMPLETE).is_file() else old} exists: an export "
+                f"was interrupted while replacing it. Rename the complete one to {path.name} (or rerun the stage)")
+        raise FileNotFoundError(f"model directory {path} does not exist: point `model.path` at a saved model "
+                                "(e.g. the `model/` folder of an earlier stage's run directory)")
+    if tmp.exists() and not (path / COMPLETE).exists():
+        raise RuntimeError(f"{path} looks half-written (a {path.name}.tmp sibling exists and {path} has no {COMPLETE} "
+                           f"marker): rerun the stage that writes it, or delete {tmp} if {path} is a model you trust")
+    missing = []
+    if "config" in parts and not (path / "config.json").is_file():
+        missing.append("config.json")
+    if "weights" in parts and not any((path / w).is_file() for w in WEIGHTS):
+        missing.append(f"weights (one of {', '.join(WEIGHTS)})")
+    if "tokenizer" in parts and not any((path / t).is_file() for t in TOKENIZER):
+        missing.append(f"a tokenizer (one of {', '.join(TOKENIZER)})")
+    if missing:
+        raise FileNotFoundError(f"{path} is not a complete Hugging Face model directory: missing {'; '.join(missing)}. "
+                                "Point `model.path` at a directory saved with save_pretrained (model and tokenizer), "
+                                "or rerun the stage that writes it")
+    return path
+
+
+def load_tokenizer(path: str | os.PathLike) -> PreTrainedTokenizerBase:
+    tokenizer = AutoTokenizer.from_pretrained(str(check_model_dir(path, ("tokenizer",))), padding_side="left")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(path: str | os.PathLike, dtype: str = "float32", attn_implementation: str = "sdpa") -> PreTrainedModel:
+    """The causal LM at `path`, in training mode (`from_pretrained` returns eval mode). Inside DeepSpeed's
+    `zero.Init` (configure_model under ZeRO-3) each rank loads only its shard of every weight."""
+    with zero3_loading():
+        model = AutoModelForCausalLM.from_pretrained(
+            str(check_model_dir(path, ("config", "weights"))), dtype=getattr(torch, dtype),
+            attn_implementation=attn_implementation,
+        )
+    return model.train()
+
+
+def save_pretrained_atomic(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: str | os.PathLike,
+                           state_dict: dict[str, torch.Tensor] | None = None) -> Path:
+    """Save model and tokenizer to `out_dir` through a temporary sibling, marked complete, then put in place.
+    `state_dict`: the weights to write instead of the model's own (e.g. consolidated from ZeRO-3 shards)."""
+    out_dir = Path(out_dir)
+    tmp = out_dir.parent / f"{out_dir.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, state_dict=state_dict)
+    tokenizer.save_pretrained(tmp)
+    (tmp / COMPLETE).touch()
+    return replace_dir(tmp, out_dir)  # one atomic swap where the system allows (r1lab.infra.atomic)

@@ -1,0 +1,1 @@
+"""Maths and scoring: pure tensor functions (GRPO, distillation), rewards, filters, metrics, judges and the response formats."""

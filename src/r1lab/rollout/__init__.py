@@ -1,0 +1,1 @@
+"""Rollout engines: sample completions from a policy (transformers or vLLM)."""
