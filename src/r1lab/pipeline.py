@@ -182,13 +182,15 @@ def git_revision() -> str | None:
 
 
 def machine() -> str:
-    """This machine in a few words: its CPU model and core count."""
+    """This machine in a few words: core count, CPU model and its widest vector instructions."""
     try:
-        model = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                     if line.startswith("model name"))
-    except (OSError, StopIteration):
-        model = platform.processor() or platform.machine()
-    return f"{os.cpu_count()}-core {model}"
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return f"{os.cpu_count()}-core {platform.processor() or platform.machine()}"
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "CPU")
+    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
+    vector = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+    return f"{os.cpu_count()}-core {model} ({vector}{', bf16' if 'avx512_bf16' in flags else ''})"
 
 
 def command(stage: Stage, stage_dir: Path, settings: list[str]) -> list[str]:
@@ -299,10 +301,11 @@ def wall_minutes(lineage: dict) -> float:
 def write_demo_report(report: Path, copy_to: Path, lineage: dict) -> None:
     """The report at `copy_to` (docs/demo-report.md), headed by the commit, the machine and the wall time; its plots
     stay with the pipeline's directory."""
-    header = f"Demo report: commit {git_revision()}, {machine()}, {wall_minutes(lineage):.1f} min"
+    commits = sorted({s["git"] for s in lineage["stages"].values() if s.get("git")}) or [git_revision()]
+    header = f"Demo report: commit {', '.join(c[:12] for c in commits)}, {machine()}, {wall_minutes(lineage):.1f} min"
     body = [line for line in report.read_text().splitlines()[1:] if not line.startswith("![")]
     copy_to.parent.mkdir(parents=True, exist_ok=True)
-    copy_to.write_text("\n".join([f"# {header}", *body, "", f"Plots: `{report.parent}/*.png`."]) + "\n")
+    copy_to.write_text("\n".join([f"# {header}", *body, "", f"Plots: `{os.path.relpath(report.parent, ROOT)}/*.png`."]) + "\n")
 
 
 def run(cfg: DictConfig) -> Path:
