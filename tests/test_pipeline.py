@@ -180,3 +180,22 @@ def test_tiny_pipeline_killed_mid_stage_then_rerun_finishes_without_redoing_fini
     assert all(f"| {model} |" in report for model in ("pretrain", "all_scenarios_rl", "distill"))
     assert "The evaluations ran 2 at a time" in report
     assert all((out / png).is_file() for png in ("reward.png", "pass_at_1.png", "lang_mix.png", "length.png"))
+
+
+def test_the_demo_report_names_its_commit_machine_and_wall_time(tmp_path):
+    """docs/demo-report.md: the commit the stages ran at (from the lineage, not the checkout's), the machine, and the
+    pipeline's wall time with the evaluations side by side; the plots stay with the pipeline's directory."""
+    from r1lab.pipeline import machine, write_demo_report
+
+    report = tmp_path / "demo" / "report.md"
+    report.parent.mkdir()
+    report.write_text("# Pipeline demo-1\n\n| model | pass@1 |\n|---|---|\n| pretrain | 0.360 |\n\n![reward.png](reward.png)\n")
+    lineage = {"pipeline_id": "demo-1", "evaluation": {"jobs": 2, "wall_s": 60.0},
+               "stages": {"pretrain": {"git": "abcdef1234567890", "wall_s": 120.0},
+                          "eval_pretrain": {"git": "abcdef1234567890", "wall_s": 50.0},
+                          "eval_distill": {"git": "abcdef1234567890", "wall_s": 40.0}}}
+    out = tmp_path / "docs" / "demo-report.md"
+    write_demo_report(report, out, lineage)
+    text = out.read_text()
+    assert text.splitlines()[0] == f"# Demo report: commit abcdef123456, {machine()}, 3.0 min"
+    assert "| pretrain | 0.360 |" in text and "![" not in text and "Plots:" in text
