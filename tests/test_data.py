@@ -246,3 +246,30 @@ def test_prompts_keep_only_the_rows_where_selects(tmp_path):
     assert batch["task"] == ["arithmetic"] * 3
     with pytest.raises(DataError, match="no row matches"):
         PromptDataModule(str(path), where={"task": ["sorting"]}).setup("fit")
+
+
+def test_non_finite_numbers_are_refused_with_file_line_and_field(tmp_path):
+    """JSON's NaN and Infinity are not data: refused where they stand, and skipped and counted with on_error=skip."""
+    from r1lab.data.io import DataError, read_rows
+
+    path = tmp_path / "prompts.jsonl"
+    path.write_text('{"prompt": "1+1?", "answer": 2}\n{"prompt": "0/0?", "answer": NaN}\n'
+                    '{"prompt": "2+2?", "answer": 4, "numbers": [1, Infinity]}\n')
+    columns = {"prompt": str, "answer": (str, int, float)}
+    with pytest.raises(DataError, match=rf"{path}:2: field 'answer': non-finite number \(nan\)"):
+        read_rows(path, columns)
+    skipped: list[str] = []
+    rows = read_rows(path, columns, on_error="skip", skipped=skipped)
+    assert [r["prompt"] for r in rows] == ["1+1?"]
+    assert len(skipped) == 2 and "field 'numbers': non-finite number" in skipped[1]
+
+
+def test_the_cold_start_layout_allows_newlines_around_its_tags_and_nothing_outside_them():
+    from r1lab.maths.rewards import cold_start_format_reward
+
+    real = "<reasoning_process>\nFirst, 2 + 3 = 5.\n</reasoning_process>\n\n<summary>\nThe answer is \\boxed{5}.\n</summary>\n"
+    hacks = ["<reasoning_process></reasoning_process>\n<summary>5</summary>",            # empty chain of thought
+             "<reasoning_process>a</reasoning_process>\n<summary>5</summary> P.S. 6",    # text outside the tags
+             "<reasoning_process>a</reasoning_process><summary>5</summary><summary>6</summary>",   # repeated tag
+             "<reasoning_process>a</reasoning_process>\n5"]                               # missing tag
+    assert cold_start_format_reward([real] + hacks) == [1.0, 0.0, 0.0, 0.0, 0.0]

@@ -80,6 +80,21 @@ def test_missing_optimized_metric_is_an_error():
         metric_value({"val/loss": 1.0}, "val/acc")
 
 
+def test_a_single_run_without_its_validation_metric_ends_cleanly(artifacts_dir, tmp_path):
+    """A run that trained and exported exits 0 even when no validation ran (here: no validation batches)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "r1lab.train", "experiment=cold_start", "model=tiny",
+                           f"model.path={artifacts_dir}/models/tiny", f"paths.world_dir={artifacts_dir}/world",
+                           f"paths.runs_dir={tmp_path}", "logger=csv", "trainer.max_steps=2",
+                           "trainer.limit_val_batches=0", "data.batch_size=2"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "optimized_metric='val/loss' was not logged (no validation ran)" in done.stdout
+    assert (tmp_path / "cold_start" / "model" / "config.json").is_file()
+
+
 def test_missing_model_dir_fails_before_loading(compose_train, tmp_path):
     cfg = compose_train("experiment=cold_start", f"model.path={tmp_path / 'nope'}")
     with pytest.raises(InstantiationException, match=r"(?s)FileNotFoundError.*nope does not exist.*model\.path"):

@@ -7,6 +7,8 @@ the experiment config decides what runs.
 
 import hydra
 import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from r1lab.infra.checks import check_config
@@ -31,7 +33,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 @entry_point("train.yaml")
 def main(cfg: DictConfig) -> float | None:
-    return metric_value(train(cfg), cfg.get("optimized_metric"))
+    sweep = HydraConfig.get().mode == RunMode.MULTIRUN   # a sweep needs the metric of every trial
+    return metric_value(train(cfg), cfg.get("optimized_metric"), required=sweep)
 
 
 if __name__ == "__main__":

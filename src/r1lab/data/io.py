@@ -18,6 +18,7 @@ top-level type of a field is checked (a list's elements are not); extra columns 
 
 import json
 import logging
+import math
 import os
 import random
 import re
@@ -95,7 +96,23 @@ def check_row(row: Any, columns: Mapping[str, TypeSpec], rename: Mapping[str, st
     for name in nonempty:
         if isinstance(row.get(name), str) and not row[name].strip():
             raise DataError(f"{where}: field '{name}' is empty")
+    for name, value in row.items():
+        if _non_finite(value):
+            raise DataError(f"{where}: field '{name}': non-finite number ({value!r}); JSON NaN and Infinity are not data")
     return row
+
+
+def _non_finite(value: Any) -> bool:
+    """A NaN or infinite float anywhere in a field's value (lists and objects included).
+
+    >>> _non_finite(float("nan")), _non_finite([1, float("inf")]), _non_finite({"a": 1.5}), _non_finite("nan")
+    (True, True, False, False)
+    """
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, (list, tuple)):
+        return any(map(_non_finite, value))
+    return isinstance(value, dict) and any(map(_non_finite, value.values()))
 
 
 def _parse_jsonl(path: Path) -> Iterator[tuple[str, Any]]:

@@ -62,14 +62,19 @@ def log_config(cfg: DictConfig, loggers: list[Logger]) -> None:
         logger.log_hyperparams(params)
 
 
-def metric_value(metrics: dict, name: str | None) -> float | None:
-    """The value a sweep optimises; a named metric that was never logged is a config mistake, not a silent None."""
+def metric_value(metrics: dict, name: str | None, required: bool = True) -> float | None:
+    """The value a sweep optimises. In a sweep (`required`) a named metric that was never logged is a config mistake;
+    a single run that trained without validating it (no validation set, fewer steps than the interval) says so and
+    returns None, so the run still ends with exit 0 (Slurm `afterok` chains and the pipeline go on)."""
     if not name:
         return None
     if not metrics:  # resumed from a checkpoint of a finished run: nothing ran, nothing to report
         print(f"optimized_metric={name!r}: no metric was logged (the run had nothing left to do)")
         return None
     if name not in metrics:
-        raise KeyError(f"optimized_metric={name!r} was not logged; logged metrics: {sorted(metrics)}")
+        if required:
+            raise KeyError(f"optimized_metric={name!r} was not logged; logged metrics: {sorted(metrics)}")
+        print(f"optimized_metric={name!r} was not logged (no validation ran); the run trained and exported its model")
+        return None
     return float(metrics[name])
 

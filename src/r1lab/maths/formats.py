@@ -154,8 +154,9 @@ def render_chat(prompt: str, tokenizer: "PreTrainedTokenizerBase") -> str:
 NO_TAG = rf"(?:(?!{'|'.join(map(re.escape, TAGS))}).)"  # one character that does not start any R1 tag
 
 
-COLD_START_FORMAT = re.compile(
-    rf"^<{REASONING}>(?P<think>{NO_TAG}*)</{REASONING}><{SUMMARY}>(?P<answer>{NO_TAG}*)</{SUMMARY}>\s*$", re.DOTALL)
+COLD_START_FORMAT = re.compile(  # whitespace and newlines around the tags are fine: real chat models write them
+    rf"^\s*<{REASONING}>(?P<think>{NO_TAG}*)</{REASONING}>\s*<{SUMMARY}>(?P<answer>{NO_TAG}*)</{SUMMARY}>\s*$",
+    re.DOTALL)
 
 
 def layout_ok(pattern: re.Pattern, text: str) -> bool:
@@ -164,9 +165,15 @@ def layout_ok(pattern: re.Pattern, text: str) -> bool:
 
 
 def is_cold_start_format(text: str) -> bool:
-    """The cold-start layout check shared by the format reward and the cold-start data module.
+    r"""The cold-start layout check shared by the format reward and the cold-start data module.
 
     >>> is_cold_start_format("<reasoning_process>a<think>b</think></reasoning_process><summary>5</summary>")
+    False
+    >>> is_cold_start_format("<reasoning_process>\n2 + 3 = 5\n</reasoning_process>\n\n<summary>\\boxed{5}</summary>\n")
+    True
+    >>> is_cold_start_format("Sure! <reasoning_process>a</reasoning_process><summary>5</summary>")  # text outside
+    False
+    >>> is_cold_start_format("<reasoning_process> </reasoning_process>\n<summary>5</summary>")  # empty chain of thought
     False
     """
     return layout_ok(COLD_START_FORMAT, text)

@@ -219,14 +219,15 @@ def r1_zero_format_reward(completions: list, **_) -> list[float]:
 
 
 def cold_start_format_reward(completions: list, **_) -> list[float]:
-    """1.0 iff the response is exactly `<reasoning_process>X</reasoning_process><summary>Y</summary>` (X, Y non-blank).
+    """1.0 iff the response is `<reasoning_process>X</reasoning_process><summary>Y</summary>` (X, Y non-blank) and
+    nothing else but whitespace around the tags.
 
-    >>> cold_start_format_reward(["<reasoning_process>2+3=5.</reasoning_process><summary>\\\\boxed{5}</summary>"])
-    [1.0]
-    >>> cold_start_format_reward([" <reasoning_process>a</reasoning_process><summary>b</summary>",
-    ...                           "<reasoning_process>a</reasoning_process><summary>b</summary> c",
+    >>> cold_start_format_reward(["<reasoning_process>2+3=5.</reasoning_process><summary>\\\\boxed{5}</summary>",
+    ...                           " <reasoning_process>a</reasoning_process><summary>b</summary>"])
+    [1.0, 1.0]
+    >>> cold_start_format_reward(["<reasoning_process>a</reasoning_process><summary>b</summary> c",
     ...                           "<reasoning_process></reasoning_process><summary>b</summary>"])
-    [0.0, 0.0, 0.0]
+    [0.0, 0.0]
     """
     return [float(is_cold_start_format(_text(c))) for c in completions]
 
