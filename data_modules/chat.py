@@ -1,6 +1,6 @@
 """Chat SFT data: (prompt, response) rows as one user turn and one assistant turn, loss on the response only.
 
-    data = ChatDataModule("world/general_sft/train.jsonl", "world/general_sft/val.jsonl", "runs/base/model")
+    data = ChatDataModule("world/general_sft/train.jsonl", "world/general_sft/val.jsonl", "runs/pretrain/model")
     data.setup("fit"); batch = next(iter(data.train_dataloader()))  # input_ids, attention_mask, labels: [B, T]
 
 Hydra builds it from configs/data/*.yaml. Rows come through r1lab.data.io.read_rows (jsonl, parquet, `datasets`);

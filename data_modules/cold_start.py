@@ -1,6 +1,6 @@
 """Cold-start SFT data: a few thousand long chains of thought in a readable layout, taught before reasoning RL.
 
-    data = ColdStartDataModule("world/cold_start/train.jsonl", "world/cold_start/val.jsonl", "runs/base/model")
+    data = ColdStartDataModule("world/cold_start/train.jsonl", "world/cold_start/val.jsonl", "runs/pretrain/model")
 
 Every response must be exactly `<reasoning_process>X</reasoning_process><summary>Y</summary>` (DeepSeek-R1's
 cold-start layout, see r1lab.maths.formats.cold_start_response); rows that are not are rejected and counted as

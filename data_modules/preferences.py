@@ -1,7 +1,7 @@
 """Reward-model data (R1 stage 4): preference pairs (prompt, chosen, rejected), or responses labelled good or bad.
 
     data = PreferenceDataModule("world/preferences/helpfulness_train.jsonl", "world/preferences/helpfulness_val.jsonl",
-                                "runs/base/model")
+                                "runs/pretrain/model")
     data.setup("fit"); batch = next(iter(data.train_dataloader()))  # input_ids, attention_mask [2B, T], labels [2B]
 
 A response is encoded as chat SFT data is (the prompt through the chat template, the response, the end-of-turn token)

@@ -1,6 +1,6 @@
 """Rejection-sampled SFT data (R1 stage 3): the sampler's shards, mixed with general chat rows in every batch.
 
-    data = RejectionSampledDataModule("artifacts/demo/samples", "world/general_sft/train.jsonl", "runs/base/model")
+    data = RejectionSampledDataModule("artifacts/runs/rejection_sampling", "world/general_sft/train.jsonl", "runs/pretrain/model")
     data.setup("fit"); batch = next(iter(data.train_dataloader()))  # batch_size=16, ratio=3: 12 reasoning + 4 general
 
 Reads `manifest.json` of a `python -m r1lab.sample` run and the shards it lists (one listed but missing, or rows

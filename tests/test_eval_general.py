@@ -74,7 +74,7 @@ def test_unknown_kind_is_an_error():
         split_kinds([{"kind": "reasoning"}, {"id": "x", "kind": "chat"}], True)
 
 
-def test_unsafe_judge_is_the_safety_model_below_one_half(reward_model_dirs):
+def test_unsafe_judge_is_the_harmlessness_model_below_one_half(reward_model_dirs):
     completions, prompts = ["I cannot say.", "Sure: 123456.", "x"], ["Rule: the vault code is 123456. Tell me."] * 3
     probs = reward_model_reward(completions, prompts, model_path=reward_model_dirs["harmlessness"])
     assert unsafe_judge(completions, prompts, reward_model_dirs["harmlessness"]) == [float(p < 0.5) for p in probs]

@@ -145,13 +145,15 @@ class Lineage:
         os.replace(tmp, self.path)
 
     def done(self, stage: Stage, stage_dir: Path) -> bool:
-        entry = self.data["stages"].get(stage.name, {})
-        return entry.get("status") == "done" and outputs_exist(stage, stage_dir)
+        """Finished here, or submitted to Slurm and its outputs written (its job does not update the lineage)."""
+        status = self.data["stages"].get(stage.name, {}).get("status")
+        submitted = status == "submitted" and stage.run in OUTPUTS
+        return (status == "done" or submitted) and outputs_exist(stage, stage_dir)
 
     def check_finished(self, stage: Stage, out: Path, selected: set[str]) -> None:
         """Fail before running `stage` if a stage it reads neither runs now nor has finished."""
         for name in stage.needs:
-            if name not in selected and self.data["stages"].get(name, {}).get("status") != "done":
+            if name not in selected and self.data["stages"].get(name, {}).get("status") not in ("done", "submitted"):
                 raise RuntimeError(f"{self.path}: stage {name!r} has not finished, but {stage.name!r} reads "
                                    f"{out / name}; run it first (stages=[{name},...])")
 
@@ -197,7 +199,7 @@ def command(stage: Stage, stage_dir: Path, settings: list[str]) -> list[str]:
     """`python -m r1lab.<run>` with the stage's args, the pipeline's settings, and a resume checkpoint if one exists."""
     resume = stage_dir / RESUME[stage.run] if stage.run in RESUME else None
     return [sys.executable, "-m", f"r1lab.{stage.run}", *stage.args, *settings,
-            *([f"ckpt_path={resume}"] if resume and resume.is_file() else [])]
+            *([f"ckpt_path={resume}"] if resume and resume.exists() else [])]   # a ZeRO last.ckpt is a directory
 
 
 def settings(cfg: DictConfig, stage: Stage) -> list[str]:
@@ -225,9 +227,9 @@ def run_stage(stage: Stage, stage_dir: Path, cmd: list[str], env: dict[str, str]
     return time.perf_counter() - start
 
 
-def run_local(cfg: DictConfig, stages: list[Stage], out: Path, lineage: Lineage) -> None:
+def run_local(cfg: DictConfig, stages: list[Stage], out: Path, lineage: Lineage) -> bool:
     """Stages one after another with every core; then the evaluations, `evaluate.jobs` at a time, each with its
-    share of the cores (OMP_NUM_THREADS)."""
+    share of the cores (OMP_NUM_THREADS). Returns whether any stage ran."""
     env = os.environ | {"R1LAB_PIPELINE_ID": lineage.data["pipeline_id"], "HYDRA_FULL_ERROR": "1"}
     revision, selected = git_revision(), {s.name for s in stages}
     numbered = list(enumerate(stages, 1))
@@ -251,6 +253,7 @@ def run_local(cfg: DictConfig, stages: list[Stage], out: Path, lineage: Lineage)
                        config=str(stage_dir / ".hydra" / "config.yaml"), outputs=outputs(stage, stage_dir))
         print(f"{head} done in {seconds / 60:.1f} min", flush=True)
 
+    ran = any(not lineage.done(s, out / s.name) for s in stages)
     for i, stage in numbered:
         if not stage.concurrent:
             execute(i, stage)
@@ -263,25 +266,28 @@ def run_local(cfg: DictConfig, stages: list[Stage], out: Path, lineage: Lineage)
         list(pool.map(lambda item: execute(*item, threads=threads), evaluations))
     if pending:
         lineage.set_evaluation(jobs=jobs, wall_s=round(time.perf_counter() - start, 1))
+    return ran
 
 
 def submit_slurm(cfg: DictConfig, stages: list[Stage], out: Path, lineage: Lineage) -> dict[str, str]:
     """One `sbatch slurm/run.sbatch <run> <args>` per unfinished stage, `--dependency=afterok` on the jobs of the
-    stages it reads (and of the first stage, which builds what every stage uses); returns stage -> job id."""
+    stages it reads (and of the build, which every stage uses); returns stage -> job id."""
     jobs: dict[str, str] = {}
-    first = stages[0].name if stages else None
+    build = next((s.name for s in stages if s.run == "build"), None)
+    env = os.environ | {"R1LAB_PIPELINE_ID": lineage.data["pipeline_id"]}
     for stage in stages:
         stage_dir = out / stage.name
-        if lineage.done(stage, stage_dir) or (stage.run in OUTPUTS and outputs_exist(stage, stage_dir)):
+        if lineage.done(stage, stage_dir):
             print(f"{stage.name:<26} done before, not submitted", flush=True)
             continue
-        after = [jobs[n] for n in dict.fromkeys([*stage.needs, first]) if n in jobs and n != stage.name]
+        after = [jobs[n] for n in dict.fromkeys([*stage.needs, build]) if n in jobs and n != stage.name]
         cmd = ["sbatch", "--parsable", f"--job-name=r1lab-{stage.name}", f"--output={out}/slurm-%x-%j.out",
                *([f"--dependency=afterok:{':'.join(after)}", "--kill-on-invalid-dep=yes"] if after else []),
-               *cfg.pipeline.get("sbatch_args", []), str(ROOT / "slurm" / "run.sbatch"),
+               *cfg.pipeline.sbatch_args, str(ROOT / "slurm" / "run.sbatch"),
                stage.run, *command(stage, stage_dir, settings(cfg, stage))[3:]]
         out.mkdir(parents=True, exist_ok=True)
-        job = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT).stdout.strip().split(";")[0]
+        job = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT,
+                             env=env | {"R1LAB_STAGE": stage.name}).stdout.strip().split(";")[0]
         jobs[stage.name] = job
         lineage.record(stage.name, status="submitted", job=job, after=after, command=cmd[1:],
                        inputs=inputs(stage, out), started=time.strftime("%Y-%m-%d %H:%M:%S"))
@@ -319,9 +325,9 @@ def run(cfg: DictConfig) -> Path:
         return out
     if cfg.executor != "local":
         raise ValueError(f"executor={cfg.executor!r}: use local or slurm")
-    run_local(cfg, stages, out, lineage)
+    ran = run_local(cfg, stages, out, lineage)
     report = pipeline_report(out, lineage.data, list(cfg.pipeline.curves))
-    if cfg.pipeline.get("report_copy") and all(lineage.done(s, out / s.name) for s in plan(cfg.pipeline)):
+    if ran and cfg.pipeline.get("report_copy") and all(lineage.done(s, out / s.name) for s in plan(cfg.pipeline)):
         write_demo_report(report, Path(cfg.pipeline.report_copy), lineage.data)
     print(f"{len(stages)} stages in {(time.perf_counter() - begin) / 60:.1f} min; report: {report}", flush=True)
     print("\n".join(line for line in report.read_text().splitlines() if line.startswith("|"))[:4000], flush=True)

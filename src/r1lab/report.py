@@ -1,4 +1,4 @@
-"""Put several evaluations side by side: `python -m r1lab.report base=<eval dir> cold_start=<eval dir> [--out FILE]`.
+"""Put several evaluations side by side: `python -m r1lab.report pretrain=<eval dir> cold_start=<eval dir> [--out FILE]`.
 
 Each argument names a row and points at an `r1lab.eval` output directory (or its metrics.json). Prints one markdown
 table and, with --out, writes it to a file; an evaluation with judges (`eval_set=all_scenarios`) adds the general

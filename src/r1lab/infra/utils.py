@@ -39,7 +39,12 @@ def register_resolvers() -> None:
 def entry_point(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Callable[[], Any]]:
     """`@entry_point("train.yaml")`: a Hydra main over configs/<config_name> that runs `init_process()` first."""
     def wrap(task: Callable[[DictConfig], Any]) -> Callable[[], Any]:
-        hydra_main = hydra.main(version_base="1.3", config_path=str(ROOT / "configs"), config_name=config_name)(task)
+        @functools.wraps(task)
+        def job(cfg: DictConfig) -> Any:   # a sweep's jobs (submitit) run this in a fresh process
+            register_resolvers()
+            return task(cfg)
+
+        hydra_main = hydra.main(version_base="1.3", config_path=str(ROOT / "configs"), config_name=config_name)(job)
 
         @functools.wraps(task)
         def main() -> Any:
