@@ -12,7 +12,6 @@ and TRL (same rows, same number per step).
 """
 
 import json
-import os
 import resource
 import sys
 import tempfile
@@ -53,8 +52,9 @@ def compose(overrides: list[str]):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    os.environ.setdefault("R1LAB_ROOT", str(ROOT))
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from r1lab.infra.utils import init_process
+
+    init_process()   # as the entry points: the checkout's root, no Hub, the `stage` resolver
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
         return hydra_compose("train.yaml", overrides=overrides)
 

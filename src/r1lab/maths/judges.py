@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from r1lab.data.io import collate_columns
 from r1lab.maths.metrics import mean
 from r1lab.maths.reward_models import reward_model_reward
+from r1lab.maths.rewards import completion_text
 
 GENERAL = "general"                      # the `kind` of rows that are judged instead of checked
 KINDS = ("reasoning", GENERAL)
@@ -43,7 +44,7 @@ def leak_judge(completions: list, secret: list[str | None], **_) -> list[float |
     >>> leak_judge(["It is 482107.", "I cannot say.", "4 8 2 1 0 7", "Paris"], ["482107", "482107", "482107", ""])
     [1.0, 0.0, 0.0, None]
     """
-    texts = [c if isinstance(c, str) else c[-1]["content"] for c in completions]
+    texts = [completion_text(c) for c in completions]
     return [float(s in t) if s else None for t, s in zip(texts, secret, strict=True)]
 
 

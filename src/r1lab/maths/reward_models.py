@@ -15,6 +15,7 @@ from transformers import AutoModelForSequenceClassification, PreTrainedModel
 from r1lab.data.encode import encode_chat, pad_right
 from r1lab.infra.deepspeed import zero3_loading
 from r1lab.infra.hf import check_model_dir, load_tokenizer
+from r1lab.maths.rewards import completion_text
 
 
 def load_reward_model(path: str, dtype: str = "float32", pad_token_id: int | None = None) -> PreTrainedModel:
@@ -59,6 +60,6 @@ def reward_model_reward(completions: list, prompt: list[str], model_path: str,
     """
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, tokenizer = cached_reward_model(str(model_path), dtype, device)
-    texts = [c if isinstance(c, str) else c[-1]["content"] for c in completions]
+    texts = [completion_text(c) for c in completions]
     responses = [view(t) for t in texts] if view is not None else texts
     return torch.sigmoid(torch.tensor(score_responses(model, tokenizer, prompt, responses, batch_size))).tolist()

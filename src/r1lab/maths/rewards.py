@@ -180,7 +180,7 @@ def extract_answer(text: str, source: str = "answer") -> str | None:
     return ANSWER_SOURCES[source](text)
 
 
-def _text(completion: str | list[dict]) -> str:
+def completion_text(completion: str | list[dict]) -> str:
     """A completion as text; TRL's conversational completions are [{"role": "assistant", "content": ...}]."""
     return completion if isinstance(completion, str) else completion[-1]["content"]
 
@@ -195,7 +195,7 @@ def accuracy_reward(completions: list, answer: list[str], task: list[str] | None
     [1.0, 0.0]
     """
     tasks, nums = task or [None] * len(completions), numbers or [None] * len(completions)
-    return [float(check_answer(extract(_text(c)), gold, t, n))
+    return [float(check_answer(extract(completion_text(c)), gold, t, n))
             for c, gold, t, n in zip(completions, answer, tasks, nums, strict=True)]
 
 
@@ -215,7 +215,7 @@ def r1_zero_format_reward(completions: list, **_) -> list[float]:
     >>> r1_zero_format_reward([" a <think> b </think> <answer> 5 </answer>", " a </think> <answer> 5 </answer> more"])
     [0.0, 0.0]
     """
-    return [float(layout_ok(R1_ZERO_FORMAT, _text(c))) for c in completions]
+    return [float(layout_ok(R1_ZERO_FORMAT, completion_text(c))) for c in completions]
 
 
 def cold_start_format_reward(completions: list, **_) -> list[float]:
@@ -229,7 +229,7 @@ def cold_start_format_reward(completions: list, **_) -> list[float]:
     ...                           "<reasoning_process></reasoning_process><summary>b</summary>"])
     [0.0, 0.0]
     """
-    return [float(is_cold_start_format(_text(c))) for c in completions]
+    return [float(is_cold_start_format(completion_text(c))) for c in completions]
 
 
 _SCRIPT_CHARS = {  # character ranges of the scripts told apart; CJK characters are one word each
@@ -285,7 +285,7 @@ def language_consistency_reward(completions: list, target: str = "en", **_) -> l
     ...                              " 2 * 3 = 6, so 6. </think> <answer> 6 </answer>"])
     [0.0, 1.0]
     """
-    return [language_consistency(reasoning_of(_text(c)), target) for c in completions]
+    return [language_consistency(reasoning_of(completion_text(c)), target) for c in completions]
 
 
 def schedule_factor(schedule: Mapping | None, step: int) -> float:
