@@ -318,7 +318,8 @@ def run(cfg: DictConfig) -> Path:
     """Run (or submit) the selected stages that are not finished, then write the report; returns the pipeline dir."""
     out = Path(cfg.pipeline.dir)
     out.mkdir(parents=True, exist_ok=True)
-    stages = check_plan(plan(cfg.pipeline), list(cfg.stages) if cfg.get("stages") else None)
+    every = plan(cfg.pipeline)
+    stages = check_plan(every, list(cfg.stages) if cfg.get("stages") else None)
     lineage, begin = Lineage(out / "lineage.json", cfg.pipeline.name), time.perf_counter()
     if cfg.executor == "slurm":
         submit_slurm(cfg, stages, out, lineage)
@@ -327,7 +328,7 @@ def run(cfg: DictConfig) -> Path:
         raise ValueError(f"executor={cfg.executor!r}: use local or slurm")
     ran = run_local(cfg, stages, out, lineage)
     report = pipeline_report(out, lineage.data, list(cfg.pipeline.curves))
-    if ran and cfg.pipeline.get("report_copy") and all(lineage.done(s, out / s.name) for s in plan(cfg.pipeline)):
+    if ran and cfg.pipeline.get("report_copy") and all(lineage.done(s, out / s.name) for s in every):
         write_demo_report(report, Path(cfg.pipeline.report_copy), lineage.data)
     print(f"{len(stages)} stages in {(time.perf_counter() - begin) / 60:.1f} min; report: {report}", flush=True)
     print("\n".join(line for line in report.read_text().splitlines() if line.startswith("|"))[:4000], flush=True)
