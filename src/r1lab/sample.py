@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from data_modules.prompts import drop_long_prompts, prompt_row_problem
 from r1lab.data.io import COLUMNS, DataError, read_rows, select_rows, spread
-from r1lab.infra.atomic import write_atomic  # manifests, counts and shards: whole or absent
+from r1lab.infra.atomic import remove_stale_tmp, write_atomic  # manifests, counts and shards: whole or absent
 from r1lab.infra.hf import load_model, load_tokenizer
 from r1lab.infra.utils import entry_point
 from r1lab.maths.filters import KEEP, Filter, screen
@@ -165,6 +165,7 @@ def run(cfg: DictConfig, rollout_factory: Callable[..., RolloutEngine] | None = 
                 "m": cfg.m, "keep": cfg.keep, "shard_size": cfg.shard_size, "format": cfg.format,
                 "sampling": asdict(sampling), "filters": OmegaConf.to_object(cfg.filters)}
     out_dir = Path(cfg.output_dir)
+    remove_stale_tmp(out_dir)  # what a killed run left half-written
     start_or_resume(out_dir, settings)
     filters = {name: hydra.utils.instantiate(spec) for name, spec in cfg.filters.items()}
     tokenizer, template = load_tokenizer(cfg.model_dir), hydra.utils.instantiate(cfg.template)

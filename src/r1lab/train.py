@@ -9,8 +9,10 @@ import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from omegaconf import DictConfig
 
+from r1lab.infra.atomic import remove_stale_tmp
 from r1lab.infra.checks import check_config
 from r1lab.infra.utils import entry_point, instantiate_each, log_config, metric_value
 
@@ -18,6 +20,9 @@ from r1lab.infra.utils import entry_point, instantiate_each, log_config, metric_
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit the configured module on the configured data; returns the trainer's final callback metrics."""
     check_config(cfg)  # config mistakes (DeepSpeed's included) fail here, before any data or model loads
+    if rank_zero_only.rank == 0:
+        for stale in remove_stale_tmp(cfg.paths.output_dir):
+            rank_zero_info(f"Removed {stale}, left by a killed run")
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     datamodule = hydra.utils.instantiate(cfg.data)

@@ -9,12 +9,15 @@ never a partial one under the final name.
   (a local /tmp, checkpoints on a shared disk), the final "move" is a copy into the final name, and a kill during the
   copy leaves a truncated `last.ckpt`.
 - `replace_dir(tmp, final)`: put a finished directory in place; on Linux one atomic `renameat2(RENAME_EXCHANGE)`.
+- `remove_stale_tmp(run_dir)`: what a killed run left behind (`.<name>.tmp.<pid>` files, `<name>.tmp` directories),
+  removed when the next run starts in the same directory (r1lab.train and r1lab.sample call it).
 """
 
 import ctypes
 import ctypes.util
 import errno
 import os
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -35,6 +38,29 @@ def _fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+_TMP_FILE = re.compile(r"\..+\.tmp\.\d+")  # write_atomic's temporary file: .<name>.tmp.<pid>
+
+
+def remove_stale_tmp(run_dir: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files (`.<name>.tmp.<pid>`, anywhere below) and directories (`<name>.tmp`, directly in
+    it) that a killed run left in `run_dir`; returns what was removed. Call it when the run starts, before anything
+    writes there (rank zero only under DDP).
+
+    >>> import tempfile; d = Path(tempfile.mkdtemp()); (d / "checkpoints").mkdir(); (d / "model.tmp").mkdir()
+    >>> for name in ("checkpoints/.last.ckpt.tmp.4242", "checkpoints/last.ckpt", "notes.tmp"): (d / name).touch()
+    >>> sorted(str(p.relative_to(d)) for p in remove_stale_tmp(d)), sorted(p.name for p in d.rglob("*"))
+    (['checkpoints/.last.ckpt.tmp.4242', 'model.tmp'], ['checkpoints', 'last.ckpt', 'notes.tmp'])
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return []
+    stale = [p for p in run_dir.rglob(".*.tmp.*") if p.is_file() and _TMP_FILE.fullmatch(p.name)]
+    stale += [p for p in run_dir.glob("*.tmp") if p.is_dir()]
+    for p in stale:
+        shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+    return stale
 
 
 def write_atomic(path: str | os.PathLike, data: bytes | Callable[[Any], None]) -> Path:

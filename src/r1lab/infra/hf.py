@@ -3,6 +3,8 @@
 A stage reads `AutoModelForCausalLM`/`AutoTokenizer` from a directory (a tiny demo model or a user's Qwen/Llama
 checkpoint alike) and writes its result the same way. Writes are atomic: the directory under the final name is the
 old complete one or the new complete one (`r1lab.infra.atomic.replace_dir`), and loaders refuse a half-written one.
+Weights must be readable and finite: a truncated file or a NaN tensor stops `load_model` naming the path (and the
+tensor), and `save_pretrained_atomic` refuses to write a non-finite tensor.
 """
 
 import os
@@ -14,8 +16,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from r1lab.infra.atomic import replace_dir
 from r1lab.infra.deepspeed import zero3_loading
+from r1lab.infra.guards import first_nonfinite
 
 COMPLETE = ".complete"  # marker written last: a directory without it is a half-written export
+
+
+class WeightsError(ValueError):
+    """Weights that cannot be used: unreadable files, or a tensor holding NaN or infinity; names path and tensor."""
 
 
 WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
@@ -64,12 +71,20 @@ def load_tokenizer(path: str | os.PathLike) -> PreTrainedTokenizerBase:
 
 def load_model(path: str | os.PathLike, dtype: str = "float32", attn_implementation: str = "sdpa") -> PreTrainedModel:
     """The causal LM at `path`, in training mode (`from_pretrained` returns eval mode). Inside DeepSpeed's
-    `zero.Init` (configure_model under ZeRO-3) each rank loads only its shard of every weight."""
-    with zero3_loading():
-        model = AutoModelForCausalLM.from_pretrained(
-            str(check_model_dir(path, ("config", "weights"))), dtype=getattr(torch, dtype),
-            attn_implementation=attn_implementation,
-        )
+    `zero.Init` (configure_model under ZeRO-3) each rank loads only its shard of every weight. Unreadable weights
+    (a truncated or corrupt file) and non-finite ones raise `WeightsError` naming the path (and the tensor)."""
+    path = check_model_dir(path, ("config", "weights"))
+    try:
+        with zero3_loading():
+            model = AutoModelForCausalLM.from_pretrained(str(path), dtype=getattr(torch, dtype),
+                                                         attn_implementation=attn_implementation)
+    except Exception as e:  # safetensors, torch.load and transformers raise many types for a damaged file
+        raise WeightsError(f"{path}: cannot load the model's weights ({type(e).__name__}: {e}); is a file truncated "
+                           "or corrupt? Re-copy or re-export the model") from e
+    bad = first_nonfinite([*model.named_parameters(), *model.named_buffers()])  # a ZeRO-3 rank checks its shards
+    if bad is not None:
+        raise WeightsError(f"{path}: tensor {bad!r} holds NaN or infinite values; refusing to train or sample from "
+                           "it. Re-export the model from a good checkpoint")
     return model.train()
 
 
@@ -78,6 +93,10 @@ def save_pretrained_atomic(model: PreTrainedModel, tokenizer: PreTrainedTokenize
     """Save model and tokenizer to `out_dir` through a temporary sibling, marked complete, then put in place.
     `state_dict`: the weights to write instead of the model's own (e.g. consolidated from ZeRO-3 shards)."""
     out_dir = Path(out_dir)
+    bad = first_nonfinite((state_dict if state_dict is not None else model.state_dict()).items())
+    if bad is not None:
+        raise WeightsError(f"refusing to export to {out_dir}: tensor {bad!r} holds NaN or infinite values "
+                           "(the previous export, if any, is left as it was)")
     tmp = out_dir.parent / f"{out_dir.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, state_dict=state_dict)
