@@ -4,9 +4,11 @@
     data.setup("fit"); batch = next(iter(data.train_dataloader()))  # input_ids, attention_mask, labels: [B, T]
 
 Hydra builds it from configs/data/*.yaml. Rows come through r1lab.data.io.read_rows (jsonl, parquet, `datasets`);
-`columns_map` renames the user's columns to `prompt`/`response`. Rows longer than `max_length` tokens, or whose
-response fails `response_check`, are dropped and counted in `stats`, never truncated.
-Simplifications: single-turn chats only, no system prompt; everything is tokenised up front in `setup()`.
+`columns_map` renames the user's columns to `prompt`/`response`; `row_format` (data_modules/formats.py, set by the
+data presets) converts rows in another layout, e.g. GSM8K's or chat `messages`. Rows longer than `max_length`
+tokens, or whose response fails `response_check`, are dropped and counted in `stats`, never truncated.
+Simplifications: single-turn chats only, no system prompt (the `messages` presets put one before the user's text);
+everything is tokenised up front in `setup()`.
 """
 
 from collections.abc import Callable, Sequence
@@ -24,7 +26,7 @@ from data_modules.common import (
     padding_fraction,
 )
 from r1lab.data.encode import encode_chat_rows, pad_batch
-from r1lab.data.io import DataError, read_rows
+from r1lab.data.io import DataError, RowFormat, read_rows
 from r1lab.infra.resume import ResumableDataLoader
 
 Files = str | Sequence[str]
@@ -38,13 +40,16 @@ class ChatDataModule(SplitLoaders, LightningDataModule):
     """
 
     columns = {"prompt": str, "response": str}
+    layout_hint = ""  # what a response must look like, said when every row fails `response_check`
 
     def __init__(self, train_files: Files, val_files: Files | None, tokenizer_path: str, max_length: int = 512,
                  batch_size: int = 16, num_workers: int = 0, columns_map: dict[str, str] | None = None,
-                 response_check: Callable[[str], bool] | None = None, seed: int = 0, on_error: str = "raise"):
+                 response_check: Callable[[str], bool] | None = None, seed: int = 0, on_error: str = "raise",
+                 row_format: RowFormat | None = None):
         super().__init__()
         self.on_error = on_error
         self.files = {"train": train_files, "val": val_files}
+        self.formats = {"train": row_format, "val": row_format}
         self.tokenizer_path, self.max_length, self.batch_size = tokenizer_path, max_length, batch_size
         self.num_workers, self.columns_map, self.seed = num_workers, columns_map, seed
         self.response_check = response_check
@@ -53,15 +58,25 @@ class ChatDataModule(SplitLoaders, LightningDataModule):
         self.stats: dict[str, dict[str, int]] = {}
 
     def _load(self, split: str, files: Files) -> None:
-        skipped: list[str] = []
+        skipped, locations = [], []
         rows = read_rows(files, self.columns, self.columns_map, nonempty=("prompt", "response"),
-                         on_error=self.on_error, skipped=skipped)
+                         on_error=self.on_error, skipped=skipped, row_format=self.formats[split], locations=locations)
         examples, stats = encode_chat_rows(self.tokenizer, rows, self.max_length, self.response_check)
         stats["bad_rows"] = len(skipped)
         if not examples:
-            raise DataError(f"{files}: no usable rows left ({stats}); raise max_length or fix the data")
+            raise DataError(self._nothing_left(files, rows, locations, stats))
         self.examples[split], self.stats[split] = examples, stats
         self._report(split, files)
+
+    def _nothing_left(self, files: Files, rows: list[dict], locations: list[str], stats: dict) -> str:
+        """Why no row of `files` is usable: too long, or responses not in the layout (the first one shown)."""
+        message = f"{files}: no usable rows left ({stats})"
+        if not stats["bad_format"]:
+            return f"{message}; raise max_length (now {self.max_length}) or fix the data"
+        i = next(i for i, row in enumerate(rows) if not self.response_check(row["response"]))
+        return (f"{message}: {stats['bad_format']} of {stats['rows']} responses are not in the layout "
+                f"{type(self).__name__} expects; first at {locations[i]}: response {rows[i]['response'][:80]!r}. "
+                f"{self.layout_hint}").strip()
 
     def _report(self, split: str, files: Files) -> None:
         """One log line per split: what was dropped and why, and the padding that bucketing leaves."""

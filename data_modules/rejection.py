@@ -11,6 +11,8 @@ summary alone: R1 gave simple queries no chain of thought. Every training batch 
 reasoning rows (the last batch topped up from a fresh permutation), general rows are cycled.
 Under DDP each rank trains on its own disjoint share of both kinds (MixedBatchSampler); the experiments that use this
 module set `trainer.use_distributed_sampler: false`, as Lightning cannot put a DistributedSampler into this sampler.
+`general_format` and `val_format` convert general and validation rows kept in another layout (data_modules/formats.py,
+e.g. `+data/format@data.general_format=messages_chat`); the shards are ours and read as they are.
 Simplifications: no length bucketing inside mixed batches.
 """
 
@@ -25,7 +27,7 @@ from torch.utils.data import DataLoader
 
 from data_modules.chat import ChatDataModule, Files
 from r1lab.data.encode import encode_chat_rows, pad_batch
-from r1lab.data.io import DataError, read_rows
+from r1lab.data.io import DataError, RowFormat, read_rows
 from r1lab.infra.resume import ResumableDataLoader
 from r1lab.maths.formats import SUMMARY, extract_tag, is_cold_start_format
 
@@ -149,11 +151,17 @@ class RejectionSampledDataModule(ChatDataModule):
     `stats` after `setup()`: {"train": reasoning rows, "general": general rows, "val": ...}, as ChatDataModule's.
     """
 
+    layout_hint = ("Validation responses must be `<reasoning_process>...</reasoning_process><summary>...</summary>`; "
+                   "GSM8K, MATH or chat `messages` rows: +data/format@data.val_format=gsm8k_cold_start (or "
+                   "math_cold_start, messages_chat).")
+
     def __init__(self, sample_dir: str, general_files: Files, tokenizer_path: str, val_files: Files | None = None,
                  ratio: float = 3.0, trivial_chars: int = 40, max_length: int = 512, batch_size: int = 16,
-                 num_workers: int = 0, seed: int = 0, on_error: str = "raise"):
+                 num_workers: int = 0, seed: int = 0, on_error: str = "raise",
+                 general_format: RowFormat | None = None, val_format: RowFormat | None = None):
         super().__init__(None, val_files, tokenizer_path, max_length, batch_size, num_workers,
                          response_check=is_cold_start_format, seed=seed, on_error=on_error)
+        self.formats, self.general_format = {"train": None, "val": val_format}, general_format
         split_batch(batch_size, ratio)
         self.sample_dir, self.general_files = Path(sample_dir), general_files
         self.ratio, self.trivial_chars = ratio, trivial_chars
@@ -169,7 +177,7 @@ class RejectionSampledDataModule(ChatDataModule):
         if "general" not in self.examples:
             skipped: list[str] = []
             rows = read_rows(self.general_files, self.columns, nonempty=("prompt", "response"), on_error=self.on_error,
-                             skipped=skipped)
+                             skipped=skipped, row_format=self.general_format)
             rows = [row | {"response": drop_trivial_cot(row["response"], self.trivial_chars)} for row in rows]
             self.examples["general"], self.stats["general"] = encode_chat_rows(self.tokenizer, rows, self.max_length)
             self.stats["general"]["bad_rows"] = len(skipped)

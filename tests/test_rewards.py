@@ -137,7 +137,11 @@ def test_extract_answer_sources():
 
 def test_r1_zero_format_strict():
     ok = [formats.r1_zero_response("2 + 3 = 5.", "5"), "reason</think><answer>5</answer>",
-          " a\nb </think>\n<answer>5</answer>\n"]
+          " a\nb </think>\n<answer>5</answer>\n",
+          "\n2 + 3 = 5.\n</think>\n<answer>\n5\n</answer>\n",            # a newline around every tag
+          "2 + 3 = 5.</think>\n\n\n<answer>5</answer>\n\n",               # blank lines between the parts and after
+          "2 + 3 = 5.\r\n</think>\r\n<answer>5</answer>\r\n",             # Windows line ends
+          "  2 + 3 = 5. </think> \t <answer>\t5 </answer>  "]             # tabs and spaces
     bad = [
         " </think> <answer> 5 </answer>",                   # empty reasoning
         " a </think> <answer>  </answer>",                  # empty answer
@@ -149,6 +153,14 @@ def test_r1_zero_format_strict():
         " a </think> <answer> 5",                           # truncated
         "<think> a </think> <answer> 5 </answer>",          # reopens <think>
         formats.cold_start_response("a", "b"),
+        "\n \n\t</think>\n<answer>5</answer>",             # a chain of thought of whitespace only
+        "2 + 3 = 5. <answer>5</answer>",                    # </think> missing
+        "2 + 3 = 5. </think> 5",                            # <answer> tags missing
+        "2 + 3 = 5. </think> 5 </answer>",                  # <answer> missing
+        "2 + 3 = 5. </think><answer>5</answer>\n<answer>5</answer>",   # <answer> repeated after newlines
+        "2 + 3 = 5. </think>\nSo the answer is:\n<answer>5</answer>",  # text between the parts
+        "2 + 3 = 5. </think>\n<answer>5</answer>\nHope this helps!",  # text after the answer
+        "2 + 3 = 5. </think>\n<answer>\n</answer>",                   # empty answer
     ]
     assert r1_zero_format_reward(ok) == [1.0] * len(ok)
     assert r1_zero_format_reward(bad) == [0.0] * len(bad)
@@ -164,8 +176,17 @@ def test_cold_start_format_strict():
         "<reasoning_process>a</reasoning_process><summary> </summary>",
         good + good,
         formats.r1_zero_response("a", "b"),
+        "<reasoning_process>\n\n</reasoning_process>\n<summary>\\boxed{5}</summary>",  # empty chain of thought
+        "<reasoning_process>2 + 3 = 5.</reasoning_process>\n\\boxed{5}",                 # <summary> missing
+        "2 + 3 = 5.</reasoning_process><summary>\\boxed{5}</summary>",                   # opening tag missing
+        "<reasoning_process>a</reasoning_process><summary>5</summary><summary>5</summary>",  # repeated
+        "Sure!\n<reasoning_process>a</reasoning_process>\n<summary>5</summary>",        # text before
+        "<reasoning_process>a</reasoning_process>\nThus:\n<summary>5</summary>",        # text between
+        "<reasoning_process>a</reasoning_process>\n<summary>5</summary>\nDone.",        # text after
     ]
-    assert cold_start_format_reward([good, good + "\n"]) == [1.0, 1.0]
+    newlines = ["<reasoning_process>\n2 + 3 = 5.\n</reasoning_process>\n<summary>\n\\boxed{5}\n</summary>\n",
+                "\n\n<reasoning_process>2 + 3 = 5.</reasoning_process>\n\n<summary>\\boxed{5}</summary>"]
+    assert cold_start_format_reward([good, good + "\n", *newlines]) == [1.0] * 4
     assert cold_start_format_reward(bad) == [0.0] * len(bad)
 
 

@@ -22,6 +22,7 @@ from r1lab.maths.rewards import (
     check_failures,
     cold_start_format_reward,
     extract_answer,
+    judge_answer,
     language_consistency_reward,
     r1_zero_format_reward,
 )
@@ -87,6 +88,20 @@ def test_checking_never_raises_and_is_bounded(pred, gold, task, numbers):
     out, seconds = timed(check_answer, pred, gold, task, numbers)
     assert out in (True, False)
     assert seconds < LIMIT_S, seconds
+    verdict, seconds = timed(judge_answer, pred, gold, task, numbers)   # None: the gold cannot be judged
+    assert verdict in (True, False, None) and (verdict is None) <= (check_answer(pred, gold, task, numbers) is False)
+    assert seconds < LIMIT_S, seconds
+
+
+@PROPERTY
+@given(gold=st.text(alphabet=st.characters(categories=["L", "Zs"]), max_size=40))
+@example(gold="Paris").via("a capital")
+@example(gold="\u00a0Zürich\u3000").via("other spaces, an accent")
+def test_a_plain_text_gold_scores_its_exact_answer(gold):
+    """Words are compared as text (math-verify reads "Paris" as nothing), so the gold itself always scores 1."""
+    assert judge_answer(gold, gold) is (True if gold.strip() else None)
+    assert accuracy_reward([f" so </think> <answer> {gold} </answer>"], answer=[gold]) == \
+        [1.0 if gold.strip() else None]
 
 
 @pytest.mark.parametrize("text", DEEP, ids=range(len(DEEP)))

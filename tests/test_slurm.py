@@ -70,13 +70,18 @@ def squeue_state(job: str, env: dict) -> str:
     return done.stdout.strip()
 
 
-def test_slurm_trainer_reads_nodes_and_devices_from_the_job(monkeypatch):
+@pytest.mark.parametrize("placement", [["trainer=ddp", "cluster=slurm"], ["cluster=slurm", "trainer=ddp"],
+                                       ["trainer=deepspeed_zero3", "cluster=slurm"],
+                                       ["cluster=slurm", "trainer=deepspeed_zero3"]])
+def test_cluster_slurm_reads_nodes_and_devices_from_the_job_under_any_trainer(monkeypatch, placement):
     monkeypatch.setenv("SLURM_NNODES", "4")
     monkeypatch.setenv("SLURM_NTASKS_PER_NODE", "8")
     GlobalHydra.instance().clear()
     with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose("train", overrides=["experiment=reasoning_rl", "trainer=slurm", "trainer.accelerator=cpu"])
-    assert (cfg.trainer.num_nodes, cfg.trainer.devices, cfg.trainer.strategy) == (4, 8, "ddp")
+        cfg = compose("train", overrides=["experiment=reasoning_rl", *placement, "trainer.accelerator=cpu"])
+    assert (cfg.trainer.num_nodes, cfg.trainer.devices) == (4, 8)
+    strategy = cfg.trainer.strategy
+    assert strategy == "ddp" if "trainer=ddp" in placement else "DeepSpeedStrategy" in strategy._target_
     assert cfg.callbacks.slurm_requeue._target_ == "r1lab.infra.slurm.SlurmRequeue"
 
 

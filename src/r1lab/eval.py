@@ -96,8 +96,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
     files = OmegaConf.to_object(cfg.data.files) if OmegaConf.is_config(cfg.data.files) else cfg.data.files
     rename = OmegaConf.to_object(cfg.data.rename) if cfg.data.get("rename") else None
     judges = {name: hydra.utils.instantiate(spec) for name, spec in (cfg.get("judges") or {}).items()}
-    checked, judged = split_kinds(read_rows(files, COLUMNS, rename=rename, split=cfg.data.split, nonempty=("prompt",)),
-                                  bool(judges))
+    row_format = hydra.utils.instantiate(cfg.data.row_format) if cfg.data.get("row_format") else None
+    checked, judged = split_kinds(read_rows(files, COLUMNS, rename=rename, split=cfg.data.split, nonempty=("prompt",),
+                                            row_format=row_format), bool(judges))
     rows = spread(select_rows(checked, cfg.data.get("where")), cfg.limit) + spread(judged, cfg.get("limit_general"))
     rows = [row | {"answer": str(row["answer"])} for row in rows]
     sampling = hydra.utils.instantiate(cfg.sampling)

@@ -102,7 +102,8 @@ def read_prompts(cfg: DictConfig) -> list[dict]:
     rename = OmegaConf.to_object(cfg.data.rename) if cfg.data.get("rename") else None
     skipped: list[str] = []
     rows = read_rows(files, COLUMNS, rename=rename, split=cfg.data.split, nonempty=("prompt",),
-                     on_error=cfg.data.get("on_error", "raise"), skipped=skipped, row_check=prompt_row_problem)
+                     on_error=cfg.data.get("on_error", "raise"), skipped=skipped, row_check=prompt_row_problem,
+                     row_format=hydra.utils.instantiate(cfg.data.row_format) if cfg.data.get("row_format") else None)
     rows = spread(select_rows(rows, cfg.data.get("where")), cfg.limit, cfg.seed)
     rows = [row | {"answer": str(row["answer"])} for row in rows]
     max_tokens = cfg.data.get("max_prompt_length")

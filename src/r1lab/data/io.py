@@ -2,8 +2,9 @@
 
 `read_rows(source, columns)` accepts a `.jsonl` or `.parquet` file, a directory of such files, a directory written by
 `datasets.save_to_disk`, or a local `datasets.load_dataset` path or cached hub name (never downloaded), renames the
-user's columns to ours and checks each row. A bad row stops the run with a `DataError` naming file, line (jsonl,
-1-based) or row index (parquet and datasets, 0-based as in `dataset[i]`) and field:
+user's columns to ours, puts each row through an optional `row_format` (a preset's row function, e.g. a GSM8K row
+to a prompt and its answer: data_modules/formats.py) and checks it. A bad row stops the run with a `DataError`
+naming file, line (jsonl, 1-based) or row index (parquet and datasets, 0-based as in `dataset[i]`) and field:
 
     rows = read_rows("world/cold_start/train.jsonl", {"prompt": str, "response": str}, nonempty=("prompt", "response"))
 
@@ -68,9 +69,13 @@ def _type_ok(value: Any, spec: TypeSpec) -> bool:
     return isinstance(value, types) or (float in types and isinstance(value, int))
 
 
+RowFormat = Callable[[dict], dict]  # a row in the user's layout -> a row in ours; raises DataError("field 'x': ...")
+
+
 def check_row(row: Any, columns: Mapping[str, TypeSpec], rename: Mapping[str, str], nonempty: Iterable[str],
-              where: str) -> dict:
-    """Rename the user's columns to ours and validate one row; `where` is `file:line` or `file: row i` for errors.
+              where: str, row_format: RowFormat | None = None) -> dict:
+    """Rename the user's columns to ours, apply `row_format`, and validate one row; `where` is `file:line` or
+    `file: row i`, the prefix of every error (a DataError that `row_format` raises included).
 
     >>> check_row({"question": "1+1?", "id": 7}, {"prompt": str}, {"question": "prompt"}, ("prompt",), "f.jsonl:1")
     {'id': 7, 'prompt': '1+1?'}
@@ -78,6 +83,8 @@ def check_row(row: Any, columns: Mapping[str, TypeSpec], rename: Mapping[str, st
     Traceback (most recent call last):
     ...
     r1lab.data.io.DataError: f.jsonl:2: field 'prompt': expected str, got int
+    >>> check_row({"q": "two"}, {"prompt": str}, {}, (), "f.jsonl:3", lambda r: {"prompt": r["q"].upper()})
+    {'prompt': 'TWO'}
     """
     if not isinstance(row, dict):
         raise DataError(f"{where}: expected a JSON object, got {_value_type(row)}")
@@ -88,6 +95,11 @@ def check_row(row: Any, columns: Mapping[str, TypeSpec], rename: Mapping[str, st
         if ours in row and ours != theirs:
             raise DataError(f"{where}: both '{theirs}' and '{ours}' present; renaming '{theirs}' would overwrite it")
         row[ours] = row.pop(theirs)
+    if row_format is not None:
+        try:
+            row = row_format(row)
+        except DataError as e:
+            raise DataError(f"{where}: {e}") from None
     for name, spec in columns.items():
         if name not in row:
             raise DataError(f"{where}: missing field '{name}'; fields present: {sorted(row)}")
@@ -140,11 +152,12 @@ def _parse_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
 class _Rows:
     """Checked rows of one `read_rows` call, the bad ones raised or skipped and counted, ids checked for duplicates."""
 
-    def __init__(self, columns, rename, nonempty, on_error: str, row_check: Callable[[dict], str | None] | None):
+    def __init__(self, columns, rename, nonempty, on_error: str, row_check: Callable[[dict], str | None] | None,
+                 row_format: RowFormat | None = None, locations: list[str] | None = None):
         if on_error not in ON_ERROR:
             raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
         self.columns, self.rename, self.nonempty, self.on_error = columns, rename, nonempty, on_error
-        self.row_check = row_check
+        self.row_check, self.row_format, self.locations = row_check, row_format, locations
         self.rows: list[dict] = []
         self.skipped: list[str] = []
         self.ids: dict[Any, str] = {}
@@ -153,7 +166,7 @@ class _Rows:
         try:
             if isinstance(value, DataError):
                 raise value
-            row = check_row(value, self.columns, self.rename, self.nonempty, where)
+            row = check_row(value, self.columns, self.rename, self.nonempty, where, self.row_format)
             problem = self.row_check(row) if self.row_check is not None else None
             if problem:
                 raise DataError(f"{where}: {problem}")
@@ -164,6 +177,8 @@ class _Rows:
             self.skipped.append(str(e))
             return
         self.rows.append(row)
+        if self.locations is not None:
+            self.locations.append(where)
 
     def _check_id(self, row: dict, where: str) -> None:
         if row.get("id") is None:
@@ -185,14 +200,15 @@ def _read_jsonl(path: Path, out: _Rows) -> None:
 
 
 def _check_table(records: list[dict], names: list[str], out: _Rows, label: str) -> None:
-    """Validate rows of a columnar source (parquet or `datasets`), reporting a missing column once, not per row."""
+    """Validate rows of a columnar source (parquet or `datasets`), reporting a missing column once, not per row
+    (with a `row_format`, our columns come out of it: a missing one is reported per row)."""
     if not records:
         raise DataError(f"{label}: no rows")
     for theirs, ours in out.rename.items():
         if theirs not in names:
             raise DataError(f"{label}: missing field '{theirs}' (mapped to '{ours}'); columns present: {names}")
     renamed = {out.rename.get(n, n) for n in names}
-    for name in out.columns:
+    for name in out.columns if out.row_format is None else ():
         if name not in renamed:
             raise DataError(f"{label}: missing field '{name}'; columns present: {names}")
     for i, r in enumerate(records):
@@ -295,16 +311,20 @@ def _read_one(source: str | os.PathLike, split: str, out: _Rows) -> None:
 def read_rows(source: str | os.PathLike | Sequence[str | os.PathLike], columns: Mapping[str, TypeSpec],
               rename: Mapping[str, str] | None = None, split: str = "train",
               nonempty: Iterable[str] = (), on_error: str = "raise", skipped: list[str] | None = None,
-              row_check: Callable[[dict], str | None] | None = None) -> list[dict]:
+              row_check: Callable[[dict], str | None] | None = None, row_format: RowFormat | None = None,
+              locations: list[str] | None = None) -> list[dict]:
     """All rows of `source` (one source or a list of them, concatenated in order) as dicts with our column names.
 
     columns:  required fields and their types, e.g. {"prompt": str, "answer": str, "numbers": list}
     rename:   the user's column -> ours, e.g. {"question": "prompt"}, applied before checking
+    row_format: row (renamed) -> row in our layout, applied before checking (data_modules/formats.py); a DataError
+              it raises ("field 'solution': no \\boxed{}") makes a bad row
     split:    the split to take from a `datasets` DatasetDict
     nonempty: string fields that must not be blank
     on_error: "raise" stops at the first bad row; "skip" drops bad rows, logs how many, and appends the error
               message of each to `skipped` (when given)
     row_check: row (renamed, checked) -> what is wrong with it ("field 'x': ...") or None; a bad row like any other
+    locations: when given, gets the `file:line` or `file: row i` of each returned row, in order
     """
     if isinstance(source, (str, os.PathLike)):
         sources = [source]
@@ -312,7 +332,7 @@ def read_rows(source: str | os.PathLike | Sequence[str | os.PathLike], columns: 
         sources = list(source)
         if not sources:
             raise DataError("read_rows: empty list of sources")
-    out = _Rows(columns, dict(rename or {}), tuple(nonempty), on_error, row_check)
+    out = _Rows(columns, dict(rename or {}), tuple(nonempty), on_error, row_check, row_format, locations)
     for s in sources:
         _read_one(s, split, out)
     if skipped is not None:

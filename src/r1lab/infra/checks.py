@@ -11,6 +11,10 @@ Generic over stages, like the entry point: it looks at keys by name wherever the
   needs two rows per batch at least.
 - A module that clips its own gradients (`max_grad_norm`, i.e. manual optimisation) cannot take Lightning's
   gradient clipping or accumulation (`trainer.gradient_clip_val`, `trainer.accumulate_grad_batches`).
+- Master weights: training keeps its weights in `model.dtype` (the module's `dtype`). AdamW's steps at a fine-tuning lr
+  (1e-6) are below bf16's resolution for most weights, so a bf16/fp16 model under any strategy but DeepSpeed (which
+  keeps fp32 copies itself) barely learns: refused, as is `trainer.precision=bf16-true|16-true` (weights cast down).
+  `model.dtype=float32` with `trainer.precision=bf16-mixed` computes in bf16 on fp32 master weights.
 Simplified: only what the config says is checked; data files are checked when the data module reads them.
 """
 
@@ -29,6 +33,8 @@ POSITIVE_INT_KEYS = ("batch_size", "val_batch_size", "micro_batch_size", "mu", "
                      "block_size", "accumulate_grad_batches")
 SAMPLING = "r1lab.rollout.engine.SamplingConfig"  # its `n` (samples per prompt) is checked as a size too
 GROUP_SIZE = "module.sampling.n"                  # GRPO's G
+HALF_DTYPES = ("bfloat16", "float16", "half", "bf16", "fp16")
+HALF_TRUE_PRECISIONS = ("bf16-true", "16-true")  # Lightning casts the module's weights to these
 _REFERENCE = re.compile(r"^\$\{([\w.]+)\}$")  # `${model.path}`: a plain reference to another key
 
 
@@ -133,10 +139,51 @@ def optimisation_problems(cfg: DictConfig) -> list[str]:
     return problems
 
 
+def _strategy_name(trainer: DictConfig) -> str:
+    """The trainer's strategy as text: a name (`ddp`, `auto`) or a strategy class path (`..DeepSpeedStrategy`)."""
+    strategy = _value(trainer, "strategy") if "strategy" in trainer else "auto"
+    if isinstance(strategy, DictConfig):
+        return str(strategy.get("_target_", ""))
+    return str(strategy)
+
+
+def precision_problems(cfg: DictConfig) -> list[str]:
+    """Half-precision master weights under a strategy that keeps no fp32 copy (all but DeepSpeed), naming what to set.
+
+    >>> from omegaconf import OmegaConf
+    >>> cfg = OmegaConf.create({"model": {"dtype": "bfloat16"}, "module": {"dtype": "${model.dtype}"},
+    ...                         "trainer": {"strategy": "ddp", "precision": "bf16-mixed"}})
+    >>> print(precision_problems(cfg)[0].split(" under")[0])
+    model.dtype=bfloat16: the optimiser would step on bf16/fp16 weights
+    >>> cfg.trainer.strategy = {"_target_": "lightning.pytorch.strategies.DeepSpeedStrategy"}
+    >>> precision_problems(cfg)
+    []
+    """
+    module, trainer = cfg.get("module"), cfg.get("trainer")
+    if not isinstance(module, DictConfig) or not isinstance(trainer, DictConfig):
+        return []
+    strategy = _strategy_name(trainer)
+    if "deepspeed" in strategy.lower():
+        return []
+    fix = ("set model.dtype=float32 (fp32 master weights; trainer.precision=bf16-mixed still computes in bf16) or "
+           "use a trainer=deepspeed_* (DeepSpeed keeps fp32 master weights itself)")
+    problems = []
+    dtype = _value(module, "dtype") if "dtype" in module else None
+    if isinstance(dtype, str) and dtype.removeprefix("torch.") in HALF_DTYPES:
+        problems.append(f"{_source(module, 'dtype', 'module.dtype')}={dtype}: the optimiser would step on bf16/fp16 "
+                        f"weights under strategy {strategy!r}, and updates at a fine-tuning lr round away; {fix}")
+    precision = _value(trainer, "precision") if "precision" in trainer else None
+    if str(precision) in HALF_TRUE_PRECISIONS:
+        problems.append(f"trainer.precision={precision}: casts the weights themselves to half precision under "
+                        f"strategy {strategy!r}, and updates at a fine-tuning lr round away; set "
+                        f"trainer.precision=bf16-mixed (fp32 weights, bf16 compute) or use a trainer=deepspeed_*")
+    return problems
+
+
 def check_config(cfg: DictConfig) -> None:
-    """Raise ConfigError listing every mistake found (model directories, sizes, optimisation settings), then check a
-    DeepSpeed strategy's config against the trainer (`r1lab.infra.deepspeed.check_config`); else None."""
-    problems = model_dir_problems(cfg) + size_problems(cfg) + optimisation_problems(cfg)
+    """Raise ConfigError listing every mistake found (model directories, sizes, optimisation settings, master
+    weights), then check a DeepSpeed strategy's config against the trainer (`r1lab.infra.deepspeed.check_config`)."""
+    problems = model_dir_problems(cfg) + size_problems(cfg) + optimisation_problems(cfg) + precision_problems(cfg)
     if problems:
         raise ConfigError("the config cannot run; change these settings:\n  - " + "\n  - ".join(problems))
     check_deepspeed(cfg)

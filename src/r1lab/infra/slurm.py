@@ -1,4 +1,4 @@
-"""Preemption on Slurm: checkpoint on the warning signal, requeue, resume (`trainer=slurm` adds this callback).
+"""Preemption on Slurm: checkpoint on the warning signal, requeue, resume (`cluster=slurm` adds this callback).
 
 Lightning's own SLURM auto-requeue saves the checkpoint inside the signal handler. Under DDP that deadlocks: Python
 runs a handler only between bytecodes of the main thread, so a rank blocked in a gradient all-reduce cannot run it

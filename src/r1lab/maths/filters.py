@@ -43,7 +43,7 @@ def wrong_answer(text: str, row: dict, extract: Callable[[str], str | None] = SU
     True
     """
     return accuracy_reward([text], answer=[str(row["answer"])], task=[row.get("task")],
-                           numbers=[row.get("numbers")], extract=extract)[0] == 0.0
+                           numbers=[row.get("numbers")], extract=extract)[0] != 1.0  # None: gold unjudgeable
 
 
 def mixed_language(text: str, language: str = "en", min_consistency: float = 1.0, **_) -> bool:

@@ -7,7 +7,7 @@ The cold-start stage (and every chat stage after it) answers through the chat te
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -92,6 +92,21 @@ def extract_boxed(text: str) -> str | None:
     return None
 
 
+def answer_key(gold: str) -> str:
+    r"""The answer a gold field holds: what follows the last `####` (a GSM8K solution; thousands commas dropped),
+    else the last `\boxed{}` (a MATH solution), else the whole field; stripped. "" when there is none.
+
+    >>> answer_key("She pays 3 x 414 = 1,242 dollars.\n#### 1,242"), answer_key(r"so $x = \boxed{\frac{1}{2}}$.")
+    ('1242', '\\frac{1}{2}')
+    >>> answer_key(" Paris "), answer_key("3, 15, 42"), answer_key("#### "), answer_key(r"\boxed{oops")
+    ('Paris', '3, 15, 42', '', '\\boxed{oops')
+    """
+    if "####" in gold:
+        return re.sub(r"(?<=\d),(?=\d{3}(?!\d))", "", gold.rsplit("####", 1)[1]).strip()
+    boxed = extract_boxed(gold)
+    return gold.strip() if boxed is None else boxed
+
+
 def reasoning_of(text: str) -> str:
     """The chain of thought of a response in either format (the whole text if it has no CoT tags).
 
@@ -129,11 +144,14 @@ def summary_of(text: str) -> str:
 
 @dataclass
 class Template:
-    """How a stage talks to the model: render(prompt, tokenizer) -> text, extract(text) -> answer, format_reward."""
+    """How a stage talks to the model: render(prompt, tokenizer) -> text, extract(text) -> answer, format_reward,
+    and `stop`, the strings that end a completion under this template (configs/sampling/ and GRPO's sampling take
+    them as `stop: ${template.stop}`)."""
 
     render: Callable[..., str]
     extract: Callable[[str], str | None]
     format_reward: Callable[[list[str]], list[float]]
+    stop: list[str] = field(default_factory=list)
 
 
 def render_r1_zero(prompt: str, tokenizer: "PreTrainedTokenizerBase | None" = None) -> str:

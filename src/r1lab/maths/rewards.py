@@ -1,7 +1,9 @@
 """Rule-based rewards of R1: answer accuracy, strict output format, and language consistency of the chain of thought.
 
 Every reward follows TRL's contract, `reward(completions: list[str], **columns) -> list[float | None]`, where the
-columns are dataset columns as lists (answer=[...], task=[...], numbers=[...]); None means "does not apply".
+columns are dataset columns as lists (answer=[...], task=[...], numbers=[...]); None means "does not apply", or, for a
+reward whose spec says `none_is_error` (accuracy: the gold answer cannot be judged), "cannot judge" (see
+`weighted_rewards`).
 Run the doctests: `pytest --doctest-modules src/r1lab/maths/rewards.py`.
 Rewards are combined by `weighted_rewards`, which routes each to the rows of the kinds it applies to (by the `kind`
 column) and weights it by a schedule over training steps; r1lab.stages.reward_model scores with a trained reward model.
@@ -10,6 +12,7 @@ time limit (signal.alarm) works only in the main thread: elsewhere it runs witho
 """
 
 import ast
+import logging
 import re
 import threading
 from collections import Counter
@@ -23,6 +26,7 @@ from r1lab.maths.formats import (
     NO_TAG,
     SUMMARY,
     THINK,
+    answer_key,
     extract_boxed,
     extract_tag,
     is_cold_start_format,
@@ -35,22 +39,36 @@ MAX_EXPR_CHARS = 200                 # countdown expressions longer than this ar
 MAX_MATH_CHARS = 1000                # longer math answers are refused (counted in CHECK_FAILURES)
 MATH_TIMEOUT_S = 2                   # per math-verify parse / compare, main thread only
 _POWER_TOWER = re.compile(r"(\^|\*\*)[\s{(]*[\w.]+[\s})]*(\^|\*\*)")  # 10**10**10, 2^{2^{9}}: sympy would hang on them
+_UNJUDGED: set = set()               # gold answers already named in the log
+log = logging.getLogger(__name__)
 
 
 def check_failures() -> int:
-    """Checker errors and timeouts so far, all tasks together; GRPO logs the increase over a step as
-    `train/reward_errors` (a wrong or unparseable answer is not an error: it scores 0 and is not counted)."""
+    """Checker errors, timeouts and gold answers that cannot be judged (one per check) so far, all tasks together;
+    GRPO logs the increase over a step as `train/reward_errors` (a wrong or unparseable *prediction* is no error: it
+    scores 0 and is not counted)."""
     return sum(CHECK_FAILURES.values())
 
 
+def _unjudged(gold, task: str | None, reason: str) -> None:
+    """The verdict on a gold answer that cannot be judged: None, counted in CHECK_FAILURES and named in the log the
+    first time it is seen (not once per completion)."""
+    CHECK_FAILURES[f"{task or 'math'}:unjudged_gold"] += 1
+    if gold not in _UNJUDGED:
+        _UNJUDGED.add(gold)
+        log.warning("gold answer %r cannot be judged (%s): its completions score None, their groups are left out of "
+                    "the advantages and counted in train/reward_errors", gold, reason)
+    return None
+
+
 def _normalise(text: str, case_sensitive: bool) -> str:
-    """Whitespace collapsed, ', ' list separators, one trailing period dropped, optionally lower-cased.
+    """Whitespace collapsed, ', ' list separators, one trailing period dropped, optionally case-folded.
 
     >>> _normalise("  3 ,15,   42. ", True), _normalise("Paris", False)
     ('3, 15, 42', 'paris')
     """
     text = re.sub(r"\s*,\s*", ", ", " ".join(text.split())).removesuffix(".").strip()
-    return text if case_sensitive else text.lower()
+    return text if case_sensitive else text.casefold()
 
 
 def _check_integer(pred: str, gold: str, numbers: list[int] | None) -> bool:
@@ -98,20 +116,73 @@ def _check_text(case_sensitive: bool) -> Callable[[str, str, list[int] | None], 
     return lambda pred, gold, numbers: _normalise(pred, case_sensitive) == _normalise(gold, case_sensitive)
 
 
-def _check_math(pred: str, gold: str, numbers: list[int] | None) -> bool:
-    """math-verify equivalence (fractions vs decimals, sets, algebra), with size caps and time limits.
+_PLAIN_TEXT = re.compile(r"[^\W\d_]+(?:[\s'’.,&-]+[^\W\d_]+)*\.?")  # words only: no digit, LaTeX or operator
+_TEXT_MACRO = re.compile(r"\$?\\text(?:bf)?\{(.*)\}\$?", re.DOTALL)   # MATH writes word answers as \text{Monday}
 
-    >>> _check_math("0.5", "\\\\frac{1}{2}", None), _check_math("x^2", "3", None)
-    (True, False)
+
+def _unwrapped(text: str) -> str:
+    match = _TEXT_MACRO.fullmatch(text.strip())
+    return text if match is None else match[1]
+
+
+def is_plain_text(gold: str) -> bool:
+    """Is this answer words rather than maths? Such gold answers are compared as normalised text, not by math-verify.
+
+    >>> is_plain_text("Paris"), is_plain_text("New York"), is_plain_text("\\\\text{Monday}"), is_plain_text("Zürich")
+    (True, True, True, True)
+    >>> is_plain_text("x^2 + 1"), is_plain_text("12 apples"), is_plain_text("\\\\frac{1}{2}"), is_plain_text("")
+    (False, False, False, False)
     """
-    if len(pred) > MAX_MATH_CHARS or _POWER_TOWER.search(pred):
+    return _PLAIN_TEXT.fullmatch(_unwrapped(gold).strip()) is not None
+
+
+def _check_plain(pred: str, gold: str, numbers: list[int] | None) -> bool:
+    """Normalised, case-insensitive text equality, an enclosing \\text{} ignored.
+
+    >>> _check_plain(" paris. ", "Paris", None), _check_plain("\\\\text{Paris}", "Paris", None)
+    (True, True)
+    >>> _check_plain("Lyon", "Paris", None)
+    False
+    """
+    return _normalise(_unwrapped(pred), False) == _normalise(_unwrapped(gold), False)
+
+
+def _too_big(text: str) -> bool:
+    return len(text) > MAX_MATH_CHARS or _POWER_TOWER.search(text) is not None
+
+
+def _parse_math(text: str, limit: int | None, inline: bool = True) -> list:
+    """math-verify's reading of `text`, by default as inline LaTeX: bare `x^2+1` or `3, 15` is otherwise misread."""
+    return parse(f"${text}$" if inline else text, parsing_timeout=limit, raise_on_error=True)
+
+
+def _check_math(pred: str, gold: str, numbers: list[int] | None) -> bool | None:
+    """math-verify equivalence (fractions vs decimals, sets, algebra), with size caps and time limits; None when the
+    gold answer itself cannot be read (too long, a parse error or timeout, no expression in it). The gold is read as
+    inline LaTeX; the prediction also as free text ("5 dollars" -> 5), and either reading may match.
+
+    >>> _check_math("0.5", "\\\\frac{1}{2}", None), _check_math("x^2", "3", None), _check_math("2x+2", "2(x+1)", None)
+    (True, False, True)
+    >>> _check_math("5 dollars", "5", None), _check_math("3, 15, 42", "\\\\{3, 15, 42\\\\}", None)
+    (True, True)
+    >>> _check_math("1", "\\\\frac{", None) is None
+    True
+    """
+    limit = MATH_TIMEOUT_S if threading.current_thread() is threading.main_thread() else None
+    if _too_big(gold):
+        return _unjudged(gold, "math", "too long, or a power tower")
+    try:
+        gold_parsed = _parse_math(gold, limit)
+    except (Exception, TimeoutException) as e:
+        return _unjudged(gold, "math", f"math-verify: {type(e).__name__}")
+    if all(isinstance(p, str) for p in gold_parsed):
+        return _unjudged(gold, "math", "math-verify reads no expression in it")
+    if _too_big(pred):
         CHECK_FAILURES["math:refused"] += 1
         return False
-    limit = MATH_TIMEOUT_S if threading.current_thread() is threading.main_thread() else None
     try:
-        gold_parsed = parse(gold, parsing_timeout=limit, raise_on_error=True)
-        pred_parsed = parse(pred, parsing_timeout=limit, raise_on_error=True)
-        return bool(verify(gold_parsed, pred_parsed, timeout_seconds=limit, raise_on_error=True))
+        readings = _parse_math(pred, limit)[:1] + _parse_math(pred, limit, inline=False)[:1]
+        return bool(verify(gold_parsed[:1], readings, timeout_seconds=limit, raise_on_error=True))
     except (Exception, TimeoutException) as e:
         CHECK_FAILURES[f"math:{type(e).__name__}"] += 1
         return False
@@ -128,26 +199,42 @@ CHECKERS: dict[str, Callable[[str, str, list[int] | None], bool]] = {
 }
 
 
-def check_answer(pred: str | None, gold: str, task: str | None = None, numbers: list[int] | None = None) -> bool:
-    """Is `pred` a correct answer to a problem whose reference answer is `gold`? Never raises.
+def judge_answer(pred: str | None, gold, task: str | None = None, numbers: list[int] | None = None) -> bool | None:
+    """Is `pred` a correct answer to a problem whose gold field is `gold`? None when the gold cannot be judged (empty,
+    or maths that math-verify cannot read): counted in CHECK_FAILURES and named once in the log. Never raises.
 
-    Tasks of the demo world have exact rules (see CHECKERS); any other task goes through math-verify.
+    The gold's answer key is compared (GSM8K's `#### 42`, MATH's `\\boxed{}`: see answer_key). Tasks of the demo world
+    have exact rules (see CHECKERS); any other gold is plain text (compared normalised) or maths (math-verify).
+
+    >>> judge_answer("42", "Natalia sold 48 / 2 = 24 clips in May.\\n#### 42"), judge_answer("paris", "Paris")
+    (True, True)
+    >>> judge_answer("\\\\frac{3}{2}", "... so the answer is $\\\\boxed{1.5}$."), judge_answer(None, "Paris")
+    (True, False)
+    >>> judge_answer("5", "\\\\sqrt{") is None, judge_answer("5", "  ") is None, judge_answer(None, "#### ") is None
+    (True, True, True)
+    """
+    key = "" if gold is None else answer_key(str(gold))
+    if not key:
+        return _unjudged(gold, task, "no answer in it")
+    checker = CHECKERS.get(task) or (_check_plain if is_plain_text(key) else _check_math)
+    try:
+        return checker("" if pred is None else pred, key, numbers)  # no answer reads as "", wrong for a sound gold
+    except Exception as e:  # a checker bug or an unforeseen input must not stop training; it is counted instead
+        CHECK_FAILURES[f"{task}:{type(e).__name__}"] += 1
+        return False
+
+
+def check_answer(pred: str | None, gold, task: str | None = None, numbers: list[int] | None = None) -> bool:
+    """judge_answer as a yes/no: a gold that cannot be judged counts as not answered correctly. Never raises.
 
     >>> check_answer("51", "51", "arithmetic"), check_answer("(25 - 5) * 3", "60", "countdown", [25, 5, 3])
     (True, True)
     >>> check_answer("(25 - 5) * 3", "60", "countdown", [25, 5, 3, 3]), check_answer("OLLEH", "olleh", "reverse")
     (False, False)
-    >>> check_answer("\\\\frac{1}{2}", "0.5"), check_answer(None, "1")
-    (True, False)
+    >>> check_answer("\\\\frac{1}{2}", "0.5"), check_answer(None, "1"), check_answer("1", "\\\\frac{")
+    (True, False, False)
     """
-    if pred is None:
-        return False
-    checker = CHECKERS.get(task, _check_math)
-    try:
-        return checker(pred, gold, numbers)
-    except Exception as e:  # a checker bug or an unforeseen input must not stop training; it is counted instead
-        CHECK_FAILURES[f"{task}:{type(e).__name__}"] += 1
-        return False
+    return judge_answer(pred, gold, task, numbers) is True
 
 
 def _answer_in(tag: str) -> Callable[[str], str | None]:
@@ -187,16 +274,21 @@ def completion_text(completion: str | list[dict]) -> str:
 
 def accuracy_reward(completions: list, answer: list[str], task: list[str] | None = None,
                     numbers: list[list[int]] | None = None, extract: Callable[[str], str | None] = extract_answer,
-                    **_) -> list[float]:
-    """1.0 for a correct final answer, else 0.0; `extract` reads the answer (the template's: configs/template/).
+                    **_) -> list[float | None]:
+    """1.0 for a correct final answer, else 0.0; None where the gold answer cannot be judged (see judge_answer; its
+    spec in configs/module/grpo.yaml says `none_is_error`). `extract` reads the answer (the template's).
 
     >>> accuracy_reward([" 1 + 1 = 2. </think> <answer> 2 </answer>", " </think> <answer> 3 </answer>"],
     ...                 answer=["2", "2"], task=["arithmetic", "arithmetic"])
     [1.0, 0.0]
+    >>> accuracy_reward([" a </think> <answer> Paris </answer>", " a </think> <answer> 4 </answer>"],
+    ...                 answer=["paris", "\\boxed{}"])
+    [1.0, None]
     """
     tasks, nums = task or [None] * len(completions), numbers or [None] * len(completions)
-    return [float(check_answer(extract(completion_text(c)), gold, t, n))
-            for c, gold, t, n in zip(completions, answer, tasks, nums, strict=True)]
+    verdicts = [judge_answer(extract(completion_text(c)), gold, t, n)
+                for c, gold, t, n in zip(completions, answer, tasks, nums, strict=True)]
+    return [None if v is None else float(v) for v in verdicts]
 
 
 R1_ZERO_FORMAT = re.compile(
@@ -208,7 +300,8 @@ def r1_zero_format_reward(completions: list, **_) -> list[float]:
 
     Regex: ^(no R1 tag)*</think>\\s*<answer>(no R1 tag)*</answer>\\s*$, both parts non-blank; nothing may follow.
 
-    >>> r1_zero_format_reward([" 2 + 3 = 5. </think> <answer> 5 </answer>", " ok </think><answer>5</answer>\\n"])
+    >>> r1_zero_format_reward([" 2 + 3 = 5. </think> <answer> 5 </answer>",
+    ...                        "\\n2 + 3 = 5.\\n</think>\\n\\n<answer>\\n5\\n</answer>\\n"])  # newlines are fine
     [1.0, 1.0]
     >>> r1_zero_format_reward(["  </think> <answer> 5 </answer>", " a </think> <answer> </answer>"])
     [0.0, 0.0]
@@ -313,15 +406,16 @@ def _rows_of(name: str, kinds, columns: dict[str, list], n: int) -> list[int]:
 
 
 def weighted_rewards(rewards: dict, completions: list, columns: dict[str, list],
-                     step: int = 0) -> tuple[list[float], dict[str, list]]:
+                     step: int = 0) -> tuple[list[float | None], dict[str, list]]:
     """Score completions with every reward; total = sum of weight x value over the rewards that apply (None skipped).
 
     rewards: name -> {"fn": reward function, "weight": float (default 1), "kinds": the `kind` column values it
-             applies to (default every row), "schedule": {from step: weight factor} (see schedule_factor)}
+             applies to (default every row), "schedule": {from step: weight factor} (see schedule_factor),
+             "none_is_error": a None it returns means "cannot judge" (default false: "does not apply")}
     columns: dataset columns, one value per completion.
     A reward is called on the rows it applies to only, and not at all while its factor is 0; the other rows get None
     (excluded, not 0). Returns (total per completion, name -> raw values). A completion no reward applies to gets 0.0
-    (as TRL's nansum).
+    (as TRL's nansum); one that a `none_is_error` reward could not judge gets None (GRPO leaves its group out).
 
     >>> fns = {"acc": {"fn": accuracy_reward}, "lang": {"fn": language_consistency_reward, "weight": 0.5}}
     >>> total, raw = weighted_rewards(fns, [" so 2 + 3 = 5 </think> <answer> 5 </answer>"], {"answer": ["5"]})
@@ -334,8 +428,12 @@ def weighted_rewards(rewards: dict, completions: list, columns: dict[str, list],
     ([1.0, 1.0], {'acc': [1.0, None], 'lang': [None, 1.0]})
     >>> weighted_rewards(fns, [" so 5 </think> <answer> 5 </answer>"] * 2, cols, step=9)[1]["lang"]
     [None, None]
+    >>> fns = {"acc": {"fn": accuracy_reward, "none_is_error": True}, "lang": {"fn": language_consistency_reward}}
+    >>> weighted_rewards(fns, [" so 5 </think> <answer> 5 </answer>"] * 2, {"answer": ["5", "#### "]})[0]
+    [2.0, None]
     """
     n, raw, factors = len(completions), {}, {}
+    unjudged = [False] * n
     for name, spec in rewards.items():
         factors[name] = schedule_factor(spec.get("schedule"), step)
         rows = _rows_of(name, spec.get("kinds"), columns, n) if factors[name] else []
@@ -348,6 +446,7 @@ def weighted_rewards(rewards: dict, completions: list, columns: dict[str, list],
             raise ValueError(f"reward {name!r} returned {len(values)} values for {len(rows)} completions")
         for i, value in zip(rows, values):
             raw[name][i] = value
+            unjudged[i] |= value is None and bool(spec.get("none_is_error", False))
     total = [sum(rewards[name].get("weight", 1.0) * factors[name] * values[i] for name, values in raw.items()
                  if values[i] is not None) for i in range(n)]
-    return [float(t) for t in total], raw
+    return [None if bad else float(t) for t, bad in zip(total, unjudged)], raw

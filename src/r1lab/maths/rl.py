@@ -1,6 +1,7 @@
 """The maths of GRPO as small pure tensor functions (DeepSeekMath eq. 3-4; R1 sec. 2.2).
 
-No critic: each completion's advantage is its reward relative to the other completions of the same prompt.
+No critic: each completion's advantage is its reward relative to the other completions of the same prompt. A reward
+of NaN means "could not be judged" (a gold answer the checker cannot read): its whole group gets advantage 0.
 The loss is PPO's clipped surrogate per token plus, optionally, the k3 estimate of KL to a reference policy, summed
 with per-token weights that a token-weight rule (the paper's, DAPO's or Dr. GRPO's) sets once over the whole rollout.
 Shapes: N completions (prompts x G, consecutive per prompt), T completion tokens, V vocabulary.
@@ -13,21 +14,34 @@ MAX_LOG_RATIO = 20.0  # log-ratios are clamped to +-this before exp: a stale old
 
 
 def group_advantages(rewards: torch.Tensor, group_size: int, scale_by_std: bool = True, eps: float = 1e-4) -> torch.Tensor:
-    """(r - group mean) [/ (group std + eps)] for rewards laid out as consecutive groups of `group_size`.
+    """(r - group mean) [/ (group std + eps)] for rewards laid out as consecutive groups of `group_size`; 0 for every
+    completion of a group with an unjudged (NaN) reward.
 
     >>> group_advantages(torch.tensor([1.0, 0.0, 1.0, 1.0]), 2, eps=0.0)
     tensor([ 0.7071, -0.7071,  0.0000,  0.0000])
     >>> group_advantages(torch.tensor([3.0, 1.0]), 2, scale_by_std=False)
     tensor([ 1., -1.])
+    >>> group_advantages(torch.tensor([float("nan"), 1.0, 1.0, 0.0]), 2, eps=0.0)
+    tensor([ 0.0000,  0.0000,  0.7071, -0.7071])
     """
     if rewards.ndim != 1 or rewards.numel() % group_size:
         raise ValueError(f"rewards must be [N] with N a multiple of group_size={group_size}, got {tuple(rewards.shape)}")
     grouped = rewards.view(-1, group_size)                          # [P, G]
+    grouped = torch.where(unjudged_groups(rewards, group_size).unsqueeze(1), 0.0, grouped)  # NaN group -> constant
     centred = grouped - grouped.mean(dim=1, keepdim=True)           # [P, G]
     if scale_by_std:
         std = grouped.std(dim=1, keepdim=True) if group_size > 1 else torch.zeros_like(centred[:, :1])
         centred = torch.where(std > 0, centred / (std + eps), torch.zeros_like(centred))  # constant group -> 0
     return centred.reshape(-1)                                       # [N]
+
+
+def unjudged_groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    """[N] rewards in consecutive groups -> [P] True where a group has a reward that could not be judged (NaN).
+
+    >>> unjudged_groups(torch.tensor([1.0, float("nan"), 0.0, 1.0]), 2)
+    tensor([ True, False])
+    """
+    return ~torch.isfinite(rewards.view(-1, group_size)).all(dim=1)  # [P]
 
 
 def zero_variance_groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
@@ -45,21 +59,27 @@ def rollout_stats(rewards: torch.Tensor, lengths: torch.Tensor, finished: torch.
                   per_reward: dict[str, list] | None = None, kinds: list | None = None) -> dict[str, torch.Tensor]:
     """What one rollout looked like: rewards [N], completion lengths [N] and finished flags [N] -> scalar statistics;
     `per_reward` (name -> values, None where a reward does not apply) and `kinds` (the rows' kind) add breakdowns.
+    Reward statistics leave unjudged (NaN) rewards out; `unjudged_frac` is the share of groups left out for them.
 
     >>> stats = rollout_stats(torch.tensor([1.0, 0.0, 2.0, 2.0]), torch.tensor([3.0, 5.0, 4.0, 8.0]),
     ...                       torch.tensor([True, True, False, True]), 2, {"acc": [1.0, 0.0, None, None]}, list("abbb"))
     >>> {k: round(v.item(), 3) for k, v in stats.items()}  # doctest: +NORMALIZE_WHITESPACE
     {'reward_mean': 1.25, 'reward_std': 0.957, 'completion_len_mean': 5.0, 'completion_len_max': 8.0,
-     'truncated_frac': 0.25, 'zero_variance_frac': 0.5, 'reward_mean_a': 1.0, 'reward_mean_b': 1.333,
-     'rewards/acc_mean': 0.5, 'rewards/acc_std': 0.707}
+     'truncated_frac': 0.25, 'zero_variance_frac': 0.5, 'unjudged_frac': 0.0, 'reward_mean_a': 1.0,
+     'reward_mean_b': 1.333, 'rewards/acc_mean': 0.5, 'rewards/acc_std': 0.707}
+    >>> stats = rollout_stats(torch.tensor([float("nan"), 0.0, 2.0, 2.0]), torch.ones(4), torch.ones(4).bool(), 2)
+    >>> [round(stats[k].item(), 3) for k in ("reward_mean", "zero_variance_frac", "unjudged_frac")]
+    [1.333, 0.5, 0.5]
     """
     spread = lambda x: x.std() if len(x) > 1 else torch.tensor(0.0)
-    stats = {"reward_mean": rewards.mean(), "reward_std": spread(rewards),
+    judged = torch.isfinite(rewards)                                 # [N]
+    stats = {"reward_mean": rewards[judged].mean(), "reward_std": spread(rewards[judged]),
              "completion_len_mean": lengths.mean(), "completion_len_max": lengths.max(),
              "truncated_frac": (~finished).float().mean(),
-             "zero_variance_frac": zero_variance_groups(rewards, group_size).float().mean()}
+             "zero_variance_frac": zero_variance_groups(rewards, group_size).float().mean(),
+             "unjudged_frac": unjudged_groups(rewards, group_size).float().mean()}
     for kind in sorted({k for k in kinds or [] if k is not None}):  # per kind: each kind gets its own rewards
-        stats[f"reward_mean_{kind}"] = rewards[torch.tensor([k == kind for k in kinds])].mean()
+        stats[f"reward_mean_{kind}"] = rewards[judged & torch.tensor([k == kind for k in kinds])].mean()
     for name, values in (per_reward or {}).items():
         scored = torch.tensor([v for v in values if v is not None], dtype=torch.float)
         if len(scored):

@@ -4,23 +4,32 @@
 `model.generate` (left padding, KV cache); `r1lab.rollout.vllm_engine.VLLMRollout` implements it on vLLM.
 Usage: `HFRollout(model, tokenizer).generate([render_r1_zero("What is 2 + 3?")], SamplingConfig(n=4))`.
 Simplified: prompts are rendered strings, tokenized without added special tokens (a renderer writes bos or chat
-markers itself, so GRPO re-tokenizes them identically); no stop strings, only eos ids.
+markers itself, so GRPO re-tokenizes them identically).
+A completion ends at the first eos id or right after the token that completes a stop string (`SamplingConfig.stop`,
+set per template: R1-Zero's is `</answer>`); both engines cut with `finish_completion`, so the same ids give the same
+completion whichever engine sampled them, and its text is always the decode of its token ids.
 """
 
 from collections.abc import Iterator
 from contextlib import nullcontext
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
 
 import torch
-from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    GenerationConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    StoppingCriteria,
+    StoppingCriteriaList,
+)
 
 
 @dataclass
 class Completion:
     text: str              # decoded without special tokens
-    token_ids: list[int]   # generated ids, up to and including the eos id when finished
-    finished: bool         # False: stopped by max_new_tokens before any eos id
+    token_ids: list[int]   # generated ids, up to and including the eos id or the token completing a stop string
+    finished: bool         # False: stopped by max_new_tokens before any eos id or stop string
     logprobs: list[float] | None = None  # the sampler's log p of each token, where the engine returns them (vLLM)
 
 
@@ -31,6 +40,12 @@ class SamplingConfig:
     top_p: float = 1.0
     max_new_tokens: int = 256
     seed: int = 0
+    stop: list[str] = field(default_factory=list)  # strings that end a completion (kept in it), e.g. ["</answer>"]
+
+    def __post_init__(self):
+        if isinstance(self.stop, str) or not all(isinstance(s, str) and s for s in self.stop):
+            raise ValueError(f"SamplingConfig.stop must be a list of non-empty strings, got {self.stop!r}")
+        self.stop = list(self.stop)  # a Hydra ListConfig becomes a list (asdict and json see plain values)
 
 
 class RolloutEngine(Protocol):
@@ -71,6 +86,68 @@ def split_completion(new_ids: list[int], eos: list[int]) -> tuple[list[int], boo
         if token in eos:
             return new_ids[: i + 1], True
     return new_ids, False
+
+
+def cut_at_stop(token_ids: list[int], decode: Callable[[list[int]], str],
+                stop: list[str]) -> tuple[list[int], bool]:
+    """Cut ids right after the first token whose prefix text, `decode(ids[:k])`, holds a stop string; (ids, stopped).
+    The stop string stays in the completion (R1-Zero's format reward needs its `</answer>`); a last token that runs
+    past the stop string stays whole, so the text is always `decode(ids)`. Binary search: a prefix's text is a
+    prefix of the whole text, so holding a stop string is monotone in k.
+
+    >>> vocab = {1: " 5 </", 2: "answer", 3: ">\\n", 4: "more"}
+    >>> decode = lambda ids: "".join(vocab[i] for i in ids)
+    >>> cut_at_stop([1, 2, 3, 4, 3], decode, ["</answer>"]), cut_at_stop([1, 2, 4], decode, ["</answer>"])
+    (([1, 2, 3], True), ([1, 2, 4], False))
+    >>> cut_at_stop([4, 1, 2], decode, ["</answer>", "5 <"]), cut_at_stop([1, 2, 3], decode, [])
+    (([4, 1], True), ([1, 2, 3], False))
+    """
+    holds = lambda k: any(s in decode(token_ids[:k]) for s in stop)
+    if not stop or not holds(len(token_ids)):
+        return token_ids, False
+    lo, hi = 1, len(token_ids)  # holds(hi) is true; find the smallest such k
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if holds(mid) else (mid + 1, hi)
+    return token_ids[:hi], True
+
+
+def finish_completion(new_ids: list[int], eos: list[int], decode: Callable[[list[int]], str],
+                      stop: list[str]) -> tuple[list[int], bool]:
+    """The completion in generated ids: up to the first eos id or stop string, whichever ends first; (ids, finished).
+
+    >>> decode = lambda ids: "".join(map(str, ids))
+    >>> finish_completion([4, 5, 2, 5, 0], [2], decode, ["45"]), finish_completion([4, 2, 5], [2], decode, ["45"])
+    (([4, 5], True), ([4, 2], True))
+    """
+    ids, finished = split_completion(new_ids, eos)
+    ids, stopped = cut_at_stop(ids, decode, stop)
+    return ids, finished or stopped
+
+
+def raw_decoder(tokenizer: PreTrainedTokenizerBase) -> Callable[[list[int]], str]:
+    """The text stop strings are matched in: every token decoded, special ones included (so `<|im_end|>` could be
+    one, though eos ids are the way to stop at a special token)."""
+    return lambda ids: tokenizer.decode(ids, skip_special_tokens=False)
+
+
+class StopOnStrings(StoppingCriteria):
+    """Ends a row of `generate` once its completion text (ids after the first `prompt_width` columns, decoded by
+    `decode`) holds a stop string: the same test as `cut_at_stop`, so generation ends where the cut falls. Only the
+    last `window` tokens are decoded at each step (a stop string of c characters spans at most 4c tokens), and the
+    whole completion only when they hold one."""
+
+    def __init__(self, decode: Callable[[list[int]], str], stop: list[str], prompt_width: int):
+        self.decode, self.stop, self.prompt_width = decode, stop, prompt_width
+        self.window = 4 * max(len(s) for s in stop) + 1
+
+    def holds(self, ids: list[int]) -> bool:
+        return any(s in self.decode(ids) for s in self.stop)
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
+        rows = input_ids[:, self.prompt_width:].tolist()
+        done = [self.holds(row[-self.window:]) and self.holds(row) for row in rows]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
 def chunks(items: list, size: int) -> Iterator[list]:
@@ -123,22 +200,24 @@ class HFRollout:
             with torch.random.fork_rng(devices=fork), torch.inference_mode(), autocast:
                 torch.manual_seed(sampling.seed)  # same seed, same prompts and batch size -> same completions
                 for batch in chunks(prompts, self.batch_size):
-                    out.extend(self._generate_batch(batch, sampling.n, config, eos))
+                    out.extend(self._generate_batch(batch, sampling, config, eos))
         finally:
             self.model.train(was_training)
         return out
 
-    def _generate_batch(self, prompts: list[str], n: int, config: GenerationConfig,
+    def _generate_batch(self, prompts: list[str], sampling: SamplingConfig, config: GenerationConfig,
                         eos: list[int]) -> list[list[Completion]]:
+        n, decode = sampling.n, raw_decoder(self.tokenizer)
         encoded = self.tokenizer(prompts, add_special_tokens=False).input_ids  # renderers add bos/chat tokens
         ids, mask = left_pad(encoded, self.tokenizer.pad_token_id)                        # [P, T]
         ids, mask = ids.repeat_interleave(n, 0), mask.repeat_interleave(n, 0)             # [P*n, T]
+        stopping = StoppingCriteriaList([StopOnStrings(decode, sampling.stop, ids.size(1))] if sampling.stop else [])
         generated = self.model.generate(input_ids=ids.to(self.model.device), attention_mask=mask.to(self.model.device),
-                                        generation_config=config)                          # [P*n, T + new]
+                                        generation_config=config, stopping_criteria=stopping)  # [P*n, T + new]
         rows = generated[:, ids.size(1):].tolist()
         completions = []
         for row in rows:
-            token_ids, finished = split_completion(row, eos)
+            token_ids, finished = finish_completion(row, eos, decode, sampling.stop)
             text = self.tokenizer.decode(token_ids, skip_special_tokens=True)
             completions.append(Completion(text=text, token_ids=token_ids, finished=finished))
         return [completions[i * n : (i + 1) * n] for i in range(len(prompts))]

@@ -1,7 +1,9 @@
 """VLLMRollout: the rollout interface on a vLLM engine that lives in the training process (colocated).
 
 Same contract as `r1lab.rollout.engine.HFRollout`: `generate(prompts, sampling)` -> [prompts][n] `Completion`s, token ids up
-to and including the eos id, text decoded by our tokenizer without special tokens, same seed -> same completions.
+to and including the eos id or the token completing a stop string (cut by the same `finish_completion`), text decoded
+by our tokenizer without special tokens, same seed -> same completions. vLLM is given the stop strings too, so it stops
+generating there; it loads the tokenizer from our tokenizer's directory to match them.
 The engine is built once from the model's directory and then receives the model's current weights in memory
 (`update_weights`, called by GRPO after each optimiser step), never restarted.
 Usage: `VLLMRollout(model, tokenizer).generate([render_r1_zero("What is 2 + 3?")], SamplingConfig(n=4))`,
@@ -24,7 +26,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from r1lab.infra.deepspeed import gathered
-from r1lab.rollout.engine import Completion, SamplingConfig, eos_ids, split_completion
+from r1lab.rollout.engine import Completion, SamplingConfig, eos_ids, finish_completion, raw_decoder
 
 CACHE = Path(tempfile.gettempdir()) / "r1lab-vllm"
 ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0",   # the engine and its worker in this process: weights pass as tensors
@@ -61,23 +63,29 @@ class VLLMRollout:
 
     max_model_len: prompt + completion tokens (None: the config's max_position_embeddings). kv_cache_bytes: memory
     for the KV cache (vLLM's CPU default reads NUMA memory and fails here). logprobs: fill `Completion.logprobs`.
+    dtype: the engine's weights (None: the model's; real runs keep float32 master weights and sample in bfloat16).
     """
 
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, model_path: str | None = None,
                  max_model_len: int | None = None, kv_cache_bytes: int = 256 << 20, max_num_seqs: int = 256,
-                 logprobs: bool = False, enforce_eager: bool = True):
+                 logprobs: bool = False, enforce_eager: bool = True, dtype: str | None = None):
         vllm = import_vllm()
         model_path = model_path or model.name_or_path
         if not model_path or not (Path(model_path) / "config.json").is_file():
             raise ValueError(f"VLLMRollout starts vLLM from a model directory; {model_path!r} is none: pass model_path")
+        tokenizer_dir = tokenizer.name_or_path  # vLLM matches stop strings with the tokenizer we decode with
+        if not tokenizer_dir or not (Path(tokenizer_dir) / "tokenizer_config.json").is_file():
+            raise ValueError(f"VLLMRollout needs a tokenizer loaded from a directory (r1lab.infra.hf.load_tokenizer), "
+                             f"got one from {tokenizer_dir!r}")
         self.model, self.tokenizer, self.logprobs = model, tokenizer, logprobs
         max_model_len = max_model_len or model.config.max_position_embeddings
         threads, set_num_threads = torch.get_num_threads(), torch.set_num_threads
         try:  # the engine reseeds the global RNGs and stubs out torch.set_num_threads: keep the trainer's
             with torch.random.fork_rng():
-                self.llm = vllm.LLM(model=str(model_path), dtype=str(model.dtype).removeprefix("torch."),
+                self.llm = vllm.LLM(model=str(model_path), dtype=dtype or str(model.dtype).removeprefix("torch."),
                                     max_model_len=max_model_len, kv_cache_memory_bytes=kv_cache_bytes,
-                                    max_num_seqs=max_num_seqs, enforce_eager=enforce_eager, skip_tokenizer_init=True,
+                                    max_num_seqs=max_num_seqs, enforce_eager=enforce_eager,
+                                    tokenizer=str(tokenizer_dir),
                                     generation_config="vllm", enable_chunked_prefill=False,
                                     max_num_batched_tokens=max(8192, max_model_len), seed=0)
         finally:
@@ -102,14 +110,20 @@ class VLLMRollout:
         seeds = random.Random(sampling.seed).sample(range(2**31), len(prompts))  # vLLM seeds sample i with seed + i
         params = [SamplingParams(n=sampling.n, temperature=sampling.temperature if sample else 0.0,
                                  top_p=sampling.top_p if sample else 1.0, max_tokens=sampling.max_new_tokens,
-                                 stop_token_ids=eos, seed=seed, detokenize=False,
-                                 logprobs=0 if self.logprobs else None) for seed in seeds]
+                                 stop_token_ids=eos, seed=seed, stop=sampling.stop or None,
+                                 include_stop_str_in_output=True, detokenize=bool(sampling.stop),
+                                 skip_special_tokens=False, logprobs=0 if self.logprobs else None) for seed in seeds]
         encoded = self.tokenizer(prompts, add_special_tokens=False).input_ids  # renderers add bos/chat tokens
         outputs = self.llm.generate([{"prompt_token_ids": ids} for ids in encoded], params, use_tqdm=False)
-        return [[self._completion(c, eos) for c in sorted(out.outputs, key=lambda c: c.index)] for out in outputs]
+        return [[self._completion(c, eos, sampling.stop) for c in sorted(out.outputs, key=lambda c: c.index)]
+                for out in outputs]
 
-    def _completion(self, output, eos: list[int]) -> Completion:
-        token_ids, finished = split_completion(list(output.token_ids), eos)
+    def _completion(self, output, eos: list[int], stop: list[str]) -> Completion:
+        token_ids, finished = finish_completion(list(output.token_ids), eos, raw_decoder(self.tokenizer), stop)
+        if isinstance(output.stop_reason, str) and not finished:  # vLLM's detokenizer saw a stop string, ours did not
+            raise RuntimeError(f"vLLM stopped at {output.stop_reason!r} in {output.text!r}, but our tokenizer's "
+                               f"decode of the same ids holds no stop string of {stop}: choose stop strings that "
+                               "both decoders write alike (e.g. no leading space a tokenizer may drop)")
         logprobs = None
         if self.logprobs:
             logprobs = [step[token].logprob for step, token in zip(output.logprobs, token_ids)]

@@ -33,6 +33,7 @@ from r1lab.maths.rl import (
     seq_mean_token_mean,
     token_entropy,
     token_logprobs,
+    unjudged_groups,
     zero_variance_groups,
 )
 from r1lab.rollout.engine import Completion, SamplingConfig
@@ -145,7 +146,7 @@ class GRPOModule(L.LightningModule):
                  clip_low: float = 0.2, clip_high: float = 0.2, scale_by_std: bool = True,
                  ref_refresh_steps: int | None = None, mask_truncated: bool = False, drop_zero_variance: bool = True,
                  micro_batch_size: int = 64, max_grad_norm: float | None = 1.0, val_reward: str = "accuracy",
-                 log_completions_every: int = 10, language: str = "en"):
+                 log_completions_every: int = 10, language: str = "en", gradient_checkpointing: bool = False):
         super().__init__()
         self.save_hyperparameters(logger=False)
         check_model_dir(model_path)
@@ -161,6 +162,8 @@ class GRPOModule(L.LightningModule):
             zero3 = is_zero3(self.model)
             ref = load_model(self.hparams.model_path, self.hparams.dtype) if zero3 else deepcopy(self.model)
             self.ref_model = ref.eval().requires_grad_(False)
+        if self.hparams.gradient_checkpointing:  # active in training mode only: generation keeps its KV cache
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.engine = self.hparams.rollout(model=self.model, tokenizer=self.tokenizer)
 
     def on_train_start(self) -> None:
@@ -181,17 +184,20 @@ class GRPOModule(L.LightningModule):
         prompt_ids = [ids for ids in self.tokenizer(prompts, add_special_tokens=False).input_ids for _ in range(n)]
         return completions, columns, prompt_ids
 
-    def _score(self, texts: list[str], columns: dict[str, list]) -> tuple[list[float], dict[str, list], int]:
-        """Every reward on every completion: (weighted total per completion, name -> raw values, checker errors)."""
+    def _score(self, texts: list[str], columns: dict[str, list]) -> tuple[torch.Tensor, dict[str, list], int]:
+        """Every reward on every completion: (weighted total per completion [N], NaN where a completion could not be
+        judged; name -> raw values; checker errors, unjudged gold answers included)."""
         failures = check_failures()
         total, per_reward = weighted_rewards(self.hparams.rewards, texts, columns, step=self.global_step)
-        return total, per_reward, check_failures() - failures
+        rewards = torch.tensor([float("nan") if t is None else t for t in total])             # [N]
+        return rewards, per_reward, check_failures() - failures
 
     def _pack(self, prompt_ids: list[list[int]], completions: list[Completion], rewards: torch.Tensor,
               lengths: torch.Tensor) -> tuple[RolloutBatch, int]:
         """The rows to train, on the module's device, and how many micro-batches. Advantages and loss weights are
-        computed over the whole rollout first; then groups whose rewards are all equal are left out under
-        `drop_zero_variance`: their advantages are 0, so without a KL term they add nothing to the gradient."""
+        computed over the whole rollout first; then groups with an unjudged (NaN) reward are left out, and so are
+        groups whose rewards are all equal under `drop_zero_variance`: their advantages are 0, so without a KL term
+        they add nothing to the gradient."""
         hp, G, N = self.hparams, self.hparams.sampling.n, len(completions)
         input_ids, attention_mask, completion_mask = pack_rollout(prompt_ids, [c.token_ids for c in completions],
                                                                   self.tokenizer.pad_token_id)
@@ -200,9 +206,10 @@ class GRPOModule(L.LightningModule):
         advantages = group_advantages(rewards, G, scale_by_std=hp.scale_by_std)                       # [N]
         whole = RolloutBatch(input_ids, attention_mask, completion_mask, advantages, hp.loss_weights(completion_mask))
         n_micro = -(-N // hp.micro_batch_size)
-        keep = torch.ones(N, dtype=torch.bool)
+        left_out = unjudged_groups(rewards, G)                                                        # [P]
         if hp.drop_zero_variance:
-            keep = ~zero_variance_groups(rewards, G).repeat_interleave(G)                               # [N]
+            left_out |= zero_variance_groups(rewards, G)
+        keep = ~left_out.repeat_interleave(G)                                                         # [N]
         return whole.to(self.device).select(training_order(lengths, keep, n_micro).to(self.device)), n_micro
 
     def _with_logprobs(self, rollout: RolloutBatch, n_micro: int) -> RolloutBatch:
@@ -222,16 +229,15 @@ class GRPOModule(L.LightningModule):
         completions, columns, prompt_ids = self._sample(batch, replace(hp.sampling, seed=seed))
         gen_time = time.perf_counter() - start
         texts = [c.text for c in completions]
-        total, per_reward, errors = self._score(texts, columns)
-        rewards = torch.tensor(total)                                                          # [N]
+        rewards, per_reward, errors = self._score(texts, columns)                              # [N]
         lengths = torch.tensor([len(c.token_ids) for c in completions], dtype=torch.float)     # [N]
         finished = torch.tensor([c.finished for c in completions])                             # [N]
         stats = rollout_stats(rewards, lengths, finished, hp.sampling.n, per_reward, columns.get("kind"))
         stats |= {"gen_tokens_per_s": lengths.sum() / gen_time,
-                  "reward_errors": torch.tensor(float(errors)),  # checker errors and timeouts
+                  "reward_errors": torch.tensor(float(errors)),  # checker errors, timeouts, unjudged golds
                   "lang_mix": torch.tensor(mean([is_mixed(language_consistency(reasoning_of(t), hp.language))
                                                  for t in texts]))}
-        self._maybe_log_completions(texts, total, columns)
+        self._maybe_log_completions(texts, rewards.tolist(), columns)
         rollout, n_micro = self._pack(prompt_ids, completions, rewards, lengths)
         stats["trained_frac"] = torch.tensor(rollout.input_ids.size(0) / len(texts))
         return self._with_logprobs(rollout, n_micro), n_micro, stats
