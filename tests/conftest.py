@@ -3,6 +3,8 @@ rejection-sampled set, a distillation teacher, stand-in reward models, and `comp
 `configs/train.yaml` pointed at them."""
 
 import os
+import signal
+import time
 from functools import partial
 from pathlib import Path
 
@@ -161,3 +163,26 @@ def compose_train(artifacts_dir, samples_dir, teacher_dir, reward_model_dirs, tm
         return cfg
 
     return _compose
+
+
+def sigkill_when(proc, ready: Path, timeout_s: float, delay_s: float = 0.0) -> None:
+    """SIGKILL the subprocess `proc` (started with stderr=PIPE) once the file `ready` exists, `delay_s` later; fails
+    if the process ends first or `ready` does not appear within `timeout_s`."""
+    deadline = time.time() + timeout_s
+    try:
+        while not ready.exists():
+            assert proc.poll() is None, f"the process ended before {ready} existed: {proc.stderr.read().decode()[-3000:]}"
+            assert time.time() < deadline, f"no {ready} after {timeout_s} s"
+            time.sleep(0.01)
+        time.sleep(delay_s)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+
+
+@pytest.fixture
+def sigkill():
+    """`sigkill(proc, ready_file, timeout_s, delay_s=0)`: see sigkill_when."""
+    return sigkill_when

@@ -3,10 +3,8 @@ name and nothing partial; loaders refuse a half-written model directory and say 
 
 import random
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -61,22 +59,12 @@ while True:
 """
 
 
-def test_sigkill_while_checkpoints_are_written_leaves_a_loadable_one(tmp_path):
+def test_sigkill_while_checkpoints_are_written_leaves_a_loadable_one(tmp_path, sigkill):
     """SIGKILL a process that keeps rewriting a 8 MB checkpoint, at a random moment: what is under the final name
     always loads, whole."""
     path = tmp_path / "last.ckpt"
     proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], stderr=subprocess.PIPE)
-    try:
-        deadline = time.time() + 60
-        while not path.exists():
-            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-            assert time.time() < deadline
-            time.sleep(0.01)
-        time.sleep(random.uniform(0.0, 0.5))
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.wait()
+    sigkill(proc, path, timeout_s=60, delay_s=random.uniform(0.0, 0.5))
     ckpt = torch.load(path, weights_only=True)
     assert ckpt["step"] >= 1 and torch.equal(ckpt["w"], torch.full((2_000_000,), float(ckpt["step"])))
 

@@ -8,7 +8,7 @@ import torch
 
 from r1lab.infra.hf import load_model, load_tokenizer
 from r1lab.maths.rl import constant_length, grpo_loss, seq_mean_token_mean, token_mean
-from r1lab.stages.grpo import RolloutBatch, completion_logprobs, pack_rollout
+from r1lab.stages.rollout_batch import RolloutBatch, completion_logprobs, pack_rollout
 
 
 @pytest.fixture

@@ -59,23 +59,13 @@ def test_one_nonfinite_step_is_skipped_and_counted(compose_train, tmp_path, monk
 
 def test_nonfinite_steps_in_a_row_stop_the_run_with_an_intact_checkpoint(compose_train, tmp_path, monkeypatch):
     """GRPO (manual optimisation): from step 2 on every loss is NaN; the third skipped step in a row stops the run."""
-    from r1lab.stages import grpo
+    loss_of = GRPOModule._micro_batch_loss
 
-    loss_fn = grpo.grpo_loss
+    def faulty(self, mb):
+        loss, stats = loss_of(self, mb)
+        return (loss * float("nan") if self.global_step >= 2 else loss), stats
 
-    def faulty(*args, **kwargs):
-        loss, stats = loss_fn(*args, **kwargs)
-        return (loss * float("nan") if faulty.step >= 2 else loss), stats
-
-    faulty.step = 0
-    monkeypatch.setattr(grpo, "grpo_loss", faulty)
-    start = GRPOModule.training_step
-
-    def step(self, batch, batch_idx):
-        faulty.step = self.global_step
-        return start(self, batch, batch_idx)
-
-    monkeypatch.setattr(GRPOModule, "training_step", step)
+    monkeypatch.setattr(GRPOModule, "_micro_batch_loss", faulty)
     cfg = compose_train("experiment=r1_zero", "data.batch_size=2", "module.sampling.n=2",
                         "module.sampling.max_new_tokens=8", "trainer.max_steps=8", *CKPT)
     with pytest.raises(NonFiniteError, match=r"(?s)3 optimiser steps in a row.*step 4.*last\.ckpt.*is intact"):

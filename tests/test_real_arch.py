@@ -60,7 +60,7 @@ def test_real_presets_run_sft_grpo_and_eval_scaled_down(compose_train, qwen_dir,
 
     rl = compose_train("experiment=real/reasoning_rl", f"model.path={tmp_path / 'sft' / 'model'}", *GRPO)
     rl.paths.output_dir = str(tmp_path / "reasoning_rl")
-    assert rl.module.clip_high == 10.0 and "language" in rl.module.rewards
+    assert rl.module.loss.clip_high == 10.0 and "language" in rl.module.rewards
     assert train(rl)
 
     ev = compose_train(f"model_dir={tmp_path / 'reasoning_rl' / 'model'}", "template=chat", "limit=2", "k=2",

@@ -5,10 +5,8 @@ deterministic mode)."""
 import csv
 import os
 import random
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -70,7 +68,7 @@ def train_rows(run_dir: Path) -> dict[int, dict]:
     return out
 
 
-def kill_at_random_step(cfg, tmp_path: Path, per_batch: int) -> tuple[Path, int]:
+def kill_at_random_step(cfg, tmp_path: Path, per_batch: int, sigkill) -> tuple[Path, int]:
     """Run `cfg` in a subprocess and SIGKILL it once the checkpoint of a random step exists."""
     steps = cfg.trainer.max_steps
     step = random.randint(2, BATCHES - 2) * per_batch
@@ -79,17 +77,7 @@ def kill_at_random_step(cfg, tmp_path: Path, per_batch: int) -> tuple[Path, int]
     ckpt_dir = Path(cfg.callbacks.model_checkpoint.dirpath)
     proc = subprocess.Popen([sys.executable, "-c", KILLED_SCRIPT, str(config)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, env=os.environ | {"PYTHONHASHSEED": "0"})
-    deadline = time.time() + 120
-    try:
-        while not (ckpt_dir / f"step_{step:06d}.ckpt").exists():
-            assert proc.poll() is None, f"the run ended before step {step}: {proc.stderr.read().decode()[-3000:]}"
-            assert time.time() < deadline, f"no checkpoint of step {step} after 120 s"
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    sigkill(proc, ckpt_dir / f"step_{step:06d}.ckpt", timeout_s=120)
     assert not (ckpt_dir / f"step_{steps:06d}.ckpt").exists(), "killed too late: the run had finished"
     return ckpt_dir / "last.ckpt", step
 
@@ -99,12 +87,13 @@ def state_of(ckpt: Path) -> dict:
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_killed_and_resumed_run_matches_an_uninterrupted_one(compose_train, tmp_path, case):
+def test_killed_and_resumed_run_matches_an_uninterrupted_one(compose_train, tmp_path, case, sigkill):
     whole = configure(compose_train, tmp_path, case, "whole")
     train(whole)
 
     steps = whole.trainer.max_steps
-    last, killed_at = kill_at_random_step(configure(compose_train, tmp_path, case, "killed"), tmp_path, CASES[case][1])
+    last, killed_at = kill_at_random_step(configure(compose_train, tmp_path, case, "killed"), tmp_path, CASES[case][1],
+                                          sigkill)
     resumed_from = state_of(last)["global_step"]
     assert 1 <= resumed_from < steps
     train(configure(compose_train, tmp_path, case, "resumed", f"ckpt_path={last}"))

@@ -20,7 +20,7 @@ from r1lab.maths.rewards import (
     judge_answer,
     weighted_rewards,
 )
-from r1lab.maths.rl import seq_mean_token_mean
+from r1lab.maths.rl import group_advantages, seq_mean_token_mean
 from r1lab.rollout.engine import Completion
 from r1lab.stages.grpo import GRPOModule
 
@@ -100,8 +100,9 @@ def test_none_is_error_voids_the_row_and_plain_none_does_not():
 def test_grpo_leaves_unjudged_groups_out_of_the_update():
     """Rewards [NaN, NaN | 1, 0 | 1, 1] in groups of 2: the unjudged group is not trained even when zero-variance
     groups are kept, and every advantage is finite."""
-    hparams = SimpleNamespace(sampling=SimpleNamespace(n=2), mask_truncated=False, scale_by_std=True,
-                              loss_weights=seq_mean_token_mean, micro_batch_size=64, drop_zero_variance=False)
+    hparams = SimpleNamespace(sampling=SimpleNamespace(n=2), mask_truncated=False, advantages=group_advantages,
+                              correction=None, max_staleness=0, loss_weights=seq_mean_token_mean, micro_batch_size=64,
+                              drop_zero_variance=False)
     module = SimpleNamespace(hparams=hparams, tokenizer=SimpleNamespace(pad_token_id=0), device="cpu")
     completions = [Completion("x", [5 + i], True) for i in range(6)]
     rewards_ = torch.tensor([float("nan"), float("nan"), 1.0, 0.0, 1.0, 1.0])

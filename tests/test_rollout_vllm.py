@@ -12,7 +12,7 @@ from r1lab.infra.hf import load_model, load_tokenizer
 from r1lab.maths.formats import render_r1_zero
 from r1lab.rollout.engine import HFRollout, SamplingConfig, eos_ids
 from r1lab.rollout.vllm_engine import VLLMRollout
-from r1lab.stages.grpo import completion_logprobs, pack_rollout
+from r1lab.stages.rollout_batch import completion_logprobs, pack_rollout
 from r1lab.train import train
 
 PROMPTS = [render_r1_zero(p) for p in ("What is 2 + 3?", "Calculate 12 + 30 - 7.", "What is 9 - 4?")]

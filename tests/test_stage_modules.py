@@ -68,8 +68,7 @@ def test_dr_grpo_weights_take_the_sampling_budget():
     GlobalHydra.instance().clear()
     with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
         cfg = compose("train", overrides=["module=grpo", "module.sampling.max_new_tokens=4",
-                                          "module.loss_weights._target_=r1lab.maths.rl.constant_length",
-                                          "+module.loss_weights.max_tokens=${..sampling.max_new_tokens}"])
+                                          "module/loss_weights=constant_length"])
     weights = instantiate(cfg.module.loss_weights)(torch.tensor([[1, 1, 0], [1, 0, 0]]))
     assert weights.tolist() == [[0.125, 0.125, 0.0], [0.125, 0.0, 0.0]]   # 1 / (N = 2 x 4 tokens)
 

@@ -1,7 +1,8 @@
 """Callbacks shared by every stage.
 
 `HFExport` writes the stage's artifact at the end of fit: the trained model and its tokenizer as a Hugging Face
-directory (atomically), which the next stage's `model.path` points at.
+directory (atomically), which the next stage's `model.path` points at. A LoRA model (`module/peft=lora`) is written
+merged, a plain model that loads without `peft`, and its adapter alone beside it in `adapter/`.
 """
 
 import json
@@ -12,6 +13,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from r1lab.infra.deepspeed import full_state_dict, is_zero3
 from r1lab.infra.hf import save_pretrained_atomic
+from r1lab.infra.peft import is_peft, merged_weights, save_adapter_atomic
 
 
 class HFExport(L.Callback):
@@ -20,6 +22,13 @@ class HFExport(L.Callback):
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.interrupted:
+            return
+        if is_peft(pl_module.model):
+            if trainer.is_global_zero:
+                merged = dict(merged_weights(pl_module.model))
+                save_pretrained_atomic(pl_module.model.get_base_model(), pl_module.tokenizer, self.out_dir, merged)
+                save_adapter_atomic(pl_module.model, self.out_dir.parent / "adapter")
+                rank_zero_info(f"Saved the merged model to {self.out_dir} and the adapter to {self.out_dir.parent}/adapter")
             return
         # under DeepSpeed ZeRO-3 each rank holds a shard: all ranks gather, layer by layer, and rank 0 writes
         state = full_state_dict(pl_module.model) if is_zero3(pl_module.model) else None

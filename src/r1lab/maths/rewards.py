@@ -4,6 +4,8 @@ Every reward follows TRL's contract, `reward(completions: list[str], **columns) 
 columns are dataset columns as lists (answer=[...], task=[...], numbers=[...]); None means "does not apply", or, for a
 reward whose spec says `none_is_error` (accuracy: the gold answer cannot be judged), "cannot judge" (see
 `weighted_rewards`).
+GRPO adds one column to the dataset's: `completion_tokens`, each completion's length in tokens (`overlong_reward`,
+DAPO's soft overlong punishment, reads it).
 Run the doctests: `pytest --doctest-modules src/r1lab/maths/rewards.py`.
 Rewards are combined by `weighted_rewards`, which routes each to the rows of the kinds it applies to (by the `kind`
 column) and weights it by a schedule over training steps; r1lab.stages.reward_model scores with a trained reward model.
@@ -379,6 +381,31 @@ def language_consistency_reward(completions: list, target: str = "en", **_) -> l
     [0.0, 1.0]
     """
     return [language_consistency(reasoning_of(completion_text(c)), target) for c in completions]
+
+
+def overlong_penalty(length: int, max_tokens: int, buffer: int) -> float:
+    """DAPO's soft overlong punishment (Yu et al. 2025, eq. 13): 0 up to max_tokens - buffer tokens, then falling
+    linearly to -1 at max_tokens, -1 beyond (DAPO: max_tokens 20480, buffer 4096).
+
+    >>> [overlong_penalty(n, max_tokens=100, buffer=20) for n in (50, 80, 90, 95, 100, 130)]
+    [0.0, 0.0, -0.5, -0.75, -1.0, -1.0]
+    """
+    if not 0 < buffer <= max_tokens:
+        raise ValueError(f"overlong_penalty: need 0 < buffer <= max_tokens, got buffer={buffer}, max_tokens={max_tokens}")
+    return max(-1.0, min(0.0, (max_tokens - buffer - length) / buffer))
+
+
+def overlong_reward(completions: list, completion_tokens: list[int] | None = None, max_tokens: int = 20480,
+                    buffer: int = 4096, **_) -> list[float]:
+    """`overlong_penalty` of each completion's token count, the `completion_tokens` column GRPO adds to the rows.
+
+    >>> overlong_reward(["a", "b", "c"], completion_tokens=[96, 112, 128], max_tokens=128, buffer=32)
+    [0.0, -0.5, -1.0]
+    """
+    if completion_tokens is None:
+        raise ValueError("overlong_reward needs the `completion_tokens` column (completion lengths in tokens): GRPO "
+                         "passes it; elsewhere add it to the rows")
+    return [overlong_penalty(n, max_tokens, buffer) for n in completion_tokens]
 
 
 def schedule_factor(schedule: Mapping | None, step: int) -> float:

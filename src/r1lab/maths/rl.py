@@ -35,6 +35,19 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale_by_std: bool 
     return centred.reshape(-1)                                       # [N]
 
 
+def rloo_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    """RLOO (Ahmadian et al. 2024): r_i minus the mean of the other G - 1 rewards of its group, i.e. G / (G - 1) x
+    (r_i - group mean); 0 for every completion of a group with an unjudged (NaN) reward, and for groups of one.
+
+    >>> rloo_advantages(torch.tensor([1.0, 0.0, 0.0, 3.0, 3.0, 0.0]), 3)   # 1 - 0, 0 - 0.5, ...; 3 - 1.5, 0 - 3
+    tensor([ 1.0000, -0.5000, -0.5000,  1.5000,  1.5000, -3.0000])
+    >>> rloo_advantages(torch.tensor([float("nan"), 1.0, 2.0, 0.0]), 2)
+    tensor([ 0.,  0.,  2., -2.])
+    """
+    centred = group_advantages(rewards, group_size, scale_by_std=False)     # [N] r_i - mean, 0 in NaN groups
+    return centred * (group_size / (group_size - 1)) if group_size > 1 else torch.zeros_like(centred)
+
+
 def unjudged_groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
     """[N] rewards in consecutive groups -> [P] True where a group has a reward that could not be judged (NaN).
 
@@ -172,6 +185,44 @@ def grpo_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: to
         stats["clip_frac_low"] = (((ratio < 1 - clip_low) & (adv < 0)).to(mask.dtype) * mask).sum() / n_tokens
         stats["clip_frac_high"] = (((ratio > 1 + clip_high) & (adv > 0)).to(mask.dtype) * mask).sum() / n_tokens
         stats["ratio_mean"] = (ratio * mask).sum() / n_tokens
+        stats.setdefault("kl", torch.zeros((), dtype=logprobs.dtype))
+    return loss, {k: v.detach() for k, v in stats.items()}
+
+
+def gspo_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
+              ref_logprobs: torch.Tensor | None = None, *, weights: torch.Tensor | None = None,
+              clip_low: float = 3e-4, clip_high: float = 4e-4, kl_coef: float = 0.0) -> tuple[torch.Tensor, dict]:
+    """GSPO (Zheng et al. 2025): one importance ratio per sequence, s_i = exp(mean over its tokens of (lp - old)),
+    clipped to [1 - clip_low, 1 + clip_high]; each sequence's -min(s_i A_i, clip(s_i) A_i) is spread over its tokens
+    and summed with `weights` like `grpo_loss` (with the paper's seq_mean_token_mean weights: the mean over
+    sequences). The token gradient flows through the mean. Same arguments and statistics as `grpo_loss`, the clip
+    fractions and ratio_mean counted per sequence.
+
+    >>> lp = torch.tensor([[-1.0, -1.0], [-1.0, 0.0]]); old = torch.tensor([[-1.2, -1.0], [-1.0, 0.0]])
+    >>> loss, stats = gspo_loss(lp, old, torch.tensor([1.0, -1.0]), torch.tensor([[1, 1], [1, 0]]), clip_high=0.2)
+    >>> round(loss.item(), 4), round(stats["ratio_mean"].item(), 4)  # s = (e^0.1, 1): -(e^0.1 x 1 + 1 x -1) / 2
+    (-0.0526, 1.0526)
+    """
+    mask = mask.to(logprobs.dtype)
+    weights = seq_mean_token_mean(mask) if weights is None else weights                # [N, T]
+    lengths = mask.sum(1).clamp(min=1)                                                  # [N]
+    log_ratio = ((logprobs - old_logprobs) * mask).sum(1) / lengths                     # [N]
+    ratio = torch.exp(log_ratio.clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO))                    # [N] s_i
+    clipped = ratio.clamp(1 - clip_low, 1 + clip_high)                                  # [N]
+    per_seq = -torch.minimum(ratio * advantages, clipped * advantages)                  # [N]
+    per_token = per_seq.unsqueeze(1).expand_as(mask)                                    # [N, T]
+    stats = {}
+    if ref_logprobs is not None and kl_coef != 0.0:
+        kl = k3_kl(logprobs, ref_logprobs)                                              # [N, T]
+        per_token = per_token + kl_coef * kl
+        stats["kl"] = (kl.detach() * mask).sum() / mask.sum().clamp(min=1)
+    loss = (per_token * weights).sum()
+    with torch.no_grad():
+        rows = (mask.sum(1) > 0).to(mask.dtype)                                         # [N] sequences with tokens
+        n_rows = rows.sum().clamp(min=1)
+        stats["clip_frac_low"] = (((ratio < 1 - clip_low) & (advantages < 0)).to(mask.dtype) * rows).sum() / n_rows
+        stats["clip_frac_high"] = (((ratio > 1 + clip_high) & (advantages > 0)).to(mask.dtype) * rows).sum() / n_rows
+        stats["ratio_mean"] = (ratio * rows).sum() / n_rows
         stats.setdefault("kl", torch.zeros((), dtype=logprobs.dtype))
     return loss, {k: v.detach() for k, v in stats.items()}
 

@@ -30,7 +30,7 @@ class Completion:
     text: str              # decoded without special tokens
     token_ids: list[int]   # generated ids, up to and including the eos id or the token completing a stop string
     finished: bool         # False: stopped by max_new_tokens before any eos id or stop string
-    logprobs: list[float] | None = None  # the sampler's log p of each token, where the engine returns them (vLLM)
+    logprobs: list[float] | None = None  # the sampler's raw log p of each token (temperature 1), if asked for
 
 
 @dataclass
@@ -160,16 +160,19 @@ class HFRollout:
 
     autocast: True runs generation under bf16 autocast; False keeps the caller's autocast state (e.g. Lightning's
     bf16-mixed inside a training step). Off by default: on the CPUs measured, bf16 generation was slower than fp32
-    (docs/LOG.md).
+    (docs/LOG.md). logprobs: fill `Completion.logprobs` from generate's `output_logits`, the raw logits before
+    temperature and top-p (as vLLM's default `raw_logprobs`, and as the trainer computes them); generate then holds
+    [steps, batch_size x n, V] logits until it returns.
     """
 
     uses_training_weights = True  # generates with the training model itself: under ZeRO-3 GRPO gathers it first
 
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, batch_size: int = 64,
-                 autocast: bool = False):
+                 autocast: bool = False, logprobs: bool = False):
         if tokenizer.pad_token_id is None:
             raise ValueError("HFRollout needs a tokenizer with a pad token (r1lab.infra.hf.load_tokenizer sets one)")
         self.model, self.tokenizer, self.batch_size, self.autocast = model, tokenizer, batch_size, autocast
+        self.logprobs = logprobs
 
     def generation_config(self, sampling: SamplingConfig) -> GenerationConfig:
         """Exactly the requested sampling. `generate` fills every None field from the checkpoint's generation_config
@@ -212,12 +215,17 @@ class HFRollout:
         ids, mask = left_pad(encoded, self.tokenizer.pad_token_id)                        # [P, T]
         ids, mask = ids.repeat_interleave(n, 0), mask.repeat_interleave(n, 0)             # [P*n, T]
         stopping = StoppingCriteriaList([StopOnStrings(decode, sampling.stop, ids.size(1))] if sampling.stop else [])
-        generated = self.model.generate(input_ids=ids.to(self.model.device), attention_mask=mask.to(self.model.device),
-                                        generation_config=config, stopping_criteria=stopping)  # [P*n, T + new]
-        rows = generated[:, ids.size(1):].tolist()
+        out = self.model.generate(input_ids=ids.to(self.model.device), attention_mask=mask.to(self.model.device),
+                                  generation_config=config, stopping_criteria=stopping,
+                                  return_dict_in_generate=self.logprobs, output_logits=self.logprobs)
+        generated = out.sequences if self.logprobs else out                             # [P*n, T + new]
+        new = generated[:, ids.size(1):]                                                  # [P*n, new]
+        step_logprobs = (torch.stack(out.logits, 1).float().log_softmax(-1).gather(-1, new.unsqueeze(-1)).squeeze(-1)
+                         .tolist() if self.logprobs else None)                           # [P*n, new]
         completions = []
-        for row in rows:
+        for i, row in enumerate(new.tolist()):
             token_ids, finished = finish_completion(row, eos, decode, sampling.stop)
             text = self.tokenizer.decode(token_ids, skip_special_tokens=True)
-            completions.append(Completion(text=text, token_ids=token_ids, finished=finished))
+            logprobs = step_logprobs[i][:len(token_ids)] if self.logprobs else None
+            completions.append(Completion(text=text, token_ids=token_ids, finished=finished, logprobs=logprobs))
         return [completions[i * n : (i + 1) * n] for i in range(len(prompts))]

@@ -14,7 +14,9 @@ passed directly, no files); prompts go in as token ids (our tokenizer, no added 
 them); each prompt gets its own seed drawn from `sampling.seed` (vLLM gives its n samples seed + 0..n-1), so
 samples do not depend on how the engine schedules them. Chunked prefill is off: with per-request seeds,
 vLLM 0.32's CPU runner crashes when it cuts a prefill (`CPU Generator does not use offset`).
-Log-probs, when asked for, are the model's raw log p of each sampled token (before temperature and top-p).
+Log-probs, when asked for, are the model's raw log p of each sampled token (vLLM's default `logprobs_mode`
+`raw_logprobs`: before temperature and top-p), as the trainer computes them and HFRollout returns them; a mismatch
+correction compares the two at temperature 1 whatever the sampling temperature.
 """
 
 import os
@@ -26,6 +28,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from r1lab.infra.deepspeed import gathered
+from r1lab.infra.peft import is_peft, merged_weights
 from r1lab.rollout.engine import Completion, SamplingConfig, eos_ids, finish_completion, raw_decoder
 
 CACHE = Path(tempfile.gettempdir()) / "r1lab-vllm"
@@ -50,7 +53,10 @@ def import_vllm():
 
 def named_weights(model: PreTrainedModel) -> list[tuple[str, torch.Tensor]]:
     """Every named parameter under its checkpoint name, plus `lm_head.weight` when tied to the embeddings
-    (`named_parameters` lists a tied tensor once; vLLM's CPU backend only repacks the head when it is sent)."""
+    (`named_parameters` lists a tied tensor once; vLLM's CPU backend only repacks the head when it is sent).
+    A LoRA model (`module/peft=lora`) sends base + adapter merged, under the base model's names, itself unchanged."""
+    if is_peft(model):
+        return merged_weights(model)
     weights = [(name, p.detach()) for name, p in model.named_parameters()]
     head = model.get_output_embeddings()
     if head is not None and "lm_head.weight" not in dict(weights):
@@ -87,7 +93,8 @@ class VLLMRollout:
                                     max_num_seqs=max_num_seqs, enforce_eager=enforce_eager,
                                     tokenizer=str(tokenizer_dir),
                                     generation_config="vllm", enable_chunked_prefill=False,
-                                    max_num_batched_tokens=max(8192, max_model_len), seed=0)
+                                    max_num_batched_tokens=max(8192, max_model_len), seed=0,
+                                    logprobs_mode="raw_logprobs")  # temperature 1, as the trainer's log-probs
         finally:
             torch.set_num_threads = set_num_threads
             torch.set_num_threads(threads)

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from transformers import AutoConfig
 
 from r1lab.infra.hf import check_model_dir, load_model
+from r1lab.infra.peft import LoraConfig
 from r1lab.stages.sft import SFTModule
 
 
@@ -120,12 +121,13 @@ class DistillModule(SFTModule):
 
     def __init__(self, model_path: str, optimizer: partial, teacher_path: str | None = None, kd_weight: float = 0.0,
                  kd_loss: Callable[..., torch.Tensor] = forward_kl, kd_temperature: float = 1.0,
-                 scheduler: partial | None = None, dtype: str = "float32", gradient_checkpointing: bool = False):
+                 scheduler: partial | None = None, dtype: str = "float32", gradient_checkpointing: bool = False,
+                 peft: LoraConfig | None = None):
         if not 0.0 <= kd_weight <= 1.0:
             raise ValueError(f"kd_weight must be in [0, 1], got {kd_weight}")
         if kd_weight > 0 and teacher_path is None:
             raise ValueError(f"kd_weight={kd_weight} needs a teacher: set module.teacher_path")
-        super().__init__(model_path, optimizer, scheduler, dtype, gradient_checkpointing)
+        super().__init__(model_path, optimizer, scheduler, dtype, gradient_checkpointing, peft)
         if kd_weight > 0:
             check_same_vocab(model_path, teacher_path)
         self.teacher = None

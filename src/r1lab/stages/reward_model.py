@@ -9,7 +9,7 @@ val/accuracy (for pairs: the share of pairs ranked right); val/auc ranks every g
 The `hf_export` callback saves model and tokenizer, the directory `reward_model_reward` loads.
 Run: `python -m r1lab.train experiment=reward_model_helpfulness` (or `reward_model_harmlessness`).
 
-Simplified: the whole backbone is fine-tuned; one score per response (no per-token or multi-objective heads); the
+Simplified: the whole backbone is fine-tuned (or LoRA adapters and the head, `module/peft=lora`); one score per response (no per-token or multi-objective heads); the
 reward is sigmoid(score), so a Bradley-Terry model's reward is bounded but only its order means anything.
 """
 
@@ -23,6 +23,7 @@ from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
 
 from r1lab.infra.hf import check_model_dir, load_tokenizer
 from r1lab.infra.optim import lightning_optimizers
+from r1lab.infra.peft import LoraConfig, apply_peft
 from r1lab.maths.reward_models import load_reward_model
 
 
@@ -56,7 +57,7 @@ def pointwise_loss(scores: torch.Tensor, labels: torch.Tensor):
 
 class RewardModelModule(L.LightningModule):
     def __init__(self, model_path: str, optimizer: partial, loss: Callable, scheduler: partial | None = None,
-                 dtype: str = "float32", gradient_checkpointing: bool = False):
+                 dtype: str = "float32", gradient_checkpointing: bool = False, peft: LoraConfig | None = None):
         super().__init__()
         self.save_hyperparameters(logger=False)
         check_model_dir(model_path)  # a wrong path fails here, before any weights load
@@ -67,7 +68,8 @@ class RewardModelModule(L.LightningModule):
         if self.model is not None:
             return
         self.tokenizer = load_tokenizer(self.hparams.model_path)
-        self.model = load_reward_model(self.hparams.model_path, self.hparams.dtype, self.tokenizer.pad_token_id).train()
+        model = load_reward_model(self.hparams.model_path, self.hparams.dtype, self.tokenizer.pad_token_id).train()
+        self.model = apply_peft(model, self.hparams.peft, modules_to_save=("score",))  # the new head trains whole
         if self.hparams.gradient_checkpointing:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 

@@ -2,7 +2,8 @@
 
 Loss is next-token cross-entropy over the label tokens the data module leaves unmasked: the assistant's tokens for
 chat data, every token for raw text (how the demo's base model is pre-trained). The backbone is loaded from a local
-Hugging Face directory in `configure_model()`; the `hf_export` callback saves it in the same format at the end.
+Hugging Face directory in `configure_model()` (wrapped with LoRA adapters under `module/peft=lora`); the `hf_export`
+callback saves it in the same format at the end.
 """
 
 import time
@@ -13,11 +14,12 @@ import torch
 
 from r1lab.infra.hf import check_model_dir, load_model, load_tokenizer
 from r1lab.infra.optim import lightning_optimizers
+from r1lab.infra.peft import LoraConfig, apply_peft
 
 
 class SFTModule(L.LightningModule):
     def __init__(self, model_path: str, optimizer: partial, scheduler: partial | None = None, dtype: str = "float32",
-                 gradient_checkpointing: bool = False):
+                 gradient_checkpointing: bool = False, peft: LoraConfig | None = None):
         super().__init__()
         self.save_hyperparameters(logger=False)
         check_model_dir(model_path)  # a wrong path fails here, before any weights load
@@ -28,7 +30,7 @@ class SFTModule(L.LightningModule):
     def configure_model(self) -> None:
         if self.model is not None:
             return
-        self.model = load_model(self.hparams.model_path, self.hparams.dtype)
+        self.model = apply_peft(load_model(self.hparams.model_path, self.hparams.dtype), self.hparams.peft)
         self.tokenizer = load_tokenizer(self.hparams.model_path)
         if self.hparams.gradient_checkpointing:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
