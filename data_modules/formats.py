@@ -22,7 +22,7 @@ import re
 from typing import Any
 
 from r1lab.data.io import DataError
-from r1lab.maths.formats import cold_start_response, extract_boxed
+from r1lab.maths.formats import answer_key, cold_start_response, extract_boxed
 
 
 def _field(row: dict, name: str, kind: type = str) -> Any:
@@ -63,9 +63,9 @@ def split_gsm8k(solution: str) -> tuple[str, str]:
     ...
     r1lab.data.io.DataError: field 'answer': no final '#### <answer>' line (GSM8K layout: worked steps, then '#### 72')
     """
-    steps, sep, final = solution.rpartition("####")
-    final = re.sub(r"(?<=\d),(?=\d{3}\b)", "", final.strip())
-    if not sep or not final:
+    steps, sep, _ = solution.rpartition("####")
+    final = answer_key(solution) if sep else ""   # the reward's reading of a GSM8K gold, thousands commas dropped
+    if not final:
         raise DataError("field 'answer': no final '#### <answer>' line (GSM8K layout: worked steps, then '#### 72')")
     return re.sub(r"<<[^<>]*>>", "", steps).strip(), final
 
