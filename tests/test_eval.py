@@ -45,14 +45,14 @@ def test_majority_vote_ties_and_none():
 
 
 def test_eval_metrics_hand_made_groups():
-    """Two prompts x 4 samples with known pass@1, cons@4, format, mixing and length."""
+    """Two prompts x 4 samples with known pass@1, cons@4, format, mixing, length, re-checks and terse answers."""
     score = partial(score_group, extract=R1_ZERO.extract, format_reward=R1_ZERO.format_reward)
-    group_a = [r1("so 2 + 3 = 5", "5"), r1("so 2 + 3 = 5", "5"), r1("2 加 3 等于 6", "6"), " 2 + 3 is 5 <answer> 5"]
+    group_a = [r1("so 2 + 3 = 5. Check: 5 - 3 = 2", "5"), r1("so 2 + 3 = 5", "5"), r1("2 加 3 等于 6", "6"), " 2 + 3 is 5 <answer> 5"]
     group_b = [r1("so it is 7", "7"), r1("so it is 8", "8"), r1("so it is 8", "8"), r1("我想 9", "9")]
     a = score(group_a, [10, 10, 10, 4], [True, True, True, False], {"answer": "5", "task": "arithmetic"})
     b = score(group_b, [6, 6, 6, 6], [True] * 4, {"answer": "9", "task": "countdown_like"})
     assert a == {"pass@1": 0.5, "cons@k": 1.0, "format": 0.75, "lang_mix": 0.25, "answered": 0.75, "truncated": 0.25,
-                 "length": 8.5}
+                 "length": 8.5, "recheck": 0.25, "terse": 0.75}
     assert b["pass@1"] == 0.25 and b["cons@k"] == 0.0 and b["format"] == 1.0 and b["lang_mix"] == 0.25
     metrics = EvalMetrics(k=4)
     metrics.update(a, task="arithmetic")

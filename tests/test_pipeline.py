@@ -15,6 +15,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
+from r1lab.infra.findings import NONE
 from r1lab.infra.utils import ROOT
 from r1lab.pipeline import Lineage, Stage, check_plan, command, plan, settings
 
@@ -36,10 +37,10 @@ def planned(name: str) -> list[Stage]:
 def test_the_demo_pipeline_lists_stages_only():
     """The experiment file is the run: the demo pipeline names each stage's entry point and nothing else."""
     demo = OmegaConf.load(ROOT / "configs" / "pipeline" / "demo.yaml")
-    assert "overrides" not in demo and set(demo) <= {"name", "dir", "report_copy", "sbatch_args", "run_args", "stages",
-                                                      "evaluate", "curves"}
+    assert "overrides" not in demo and set(demo) <= {"name", "dir", "report_copy", "sbatch_args", "jobs", "run_args",
+                                                      "stages", "evaluate", "curves"}
     assert all(run in ("build", "train", "sample") for run in demo.stages.values()), "a stage carries settings"
-    assert set(demo.evaluate) == {"eval_set", "jobs", "models"}
+    assert set(demo.evaluate) == {"eval_set", "models"}
     assert all(not args or all(a.startswith("logger=") for a in args) for args in demo.run_args.values())
 
 
@@ -127,12 +128,12 @@ def test_the_slurm_executor_submits_each_stage_after_the_jobs_it_reads(tmp_path)
     assert f"paths.runs_dir={tmp_path / 'tiny'}" in call
 
 
-def run_pipeline(root: Path, steps: int, **popen) -> subprocess.Popen:
+def run_pipeline(root: Path, steps: int, *overrides: str, **popen) -> subprocess.Popen:
     """The tiny pipeline under `root`, its cold start `steps` long with a checkpoint every 5 steps."""
     extra = ["module.optimizer.lr=3e-3", f"trainer.max_steps={steps}", "callbacks.model_checkpoint.every_n_train_steps=5"]
     cmd = [sys.executable, "-m", "r1lab.pipeline", "pipeline=tiny", f"paths.artifacts_dir={root}",
            f"paths.log_dir={root / 'logs'}", f"paths.aim_dir={root}",
-           "pipeline.overrides.cold_start=[" + ",".join(f"'{o}'" for o in extra) + "]"]
+           "pipeline.overrides.cold_start=[" + ",".join(f"'{o}'" for o in extra) + "]", *overrides]
     return subprocess.Popen(cmd, cwd=ROOT, env=os.environ | {"OMP_NUM_THREADS": "1"}, start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
 
@@ -141,7 +142,7 @@ def run_pipeline(root: Path, steps: int, **popen) -> subprocess.Popen:
 def test_tiny_pipeline_killed_mid_stage_then_rerun_finishes_without_redoing_finished_stages(tmp_path):
     out = tmp_path / "tiny"
     ckpt = out / "cold_start" / "checkpoints" / "last.ckpt"
-    first = run_pipeline(tmp_path, 400)
+    first = run_pipeline(tmp_path, 400, "pipeline.jobs=1")                 # one after another: a known kill point
     deadline = time.time() + 900
     while not ckpt.is_file() and first.poll() is None and time.time() < deadline:
         time.sleep(0.2)
@@ -172,24 +173,27 @@ def test_tiny_pipeline_killed_mid_stage_then_rerun_finishes_without_redoing_fini
     assert used.model.path == str(out / "cold_start" / "model")
     assert lineage["build"]["git"] and lineage["reasoning_rl"]["command"][:2] == ["-m", "r1lab.train"]
 
-    evals = sorted((lineage[s]["started"], lineage[s]["wall_s"]) for s in lineage if s.startswith("eval_"))
-    first_end = time.mktime(time.strptime(evals[0][0], "%Y-%m-%d %H:%M:%S")) + evals[0][1]
-    assert time.mktime(time.strptime(evals[1][0], "%Y-%m-%d %H:%M:%S")) < first_end - 1   # evaluate.jobs=2: side by side
+    runs = sorted((time.mktime(time.strptime(lineage[s]["started"], "%Y-%m-%d %H:%M:%S")), lineage[s]["wall_s"])
+                  for s in lineage if s not in ("build", "pretrain", "r1_zero"))      # the rerun's, pipeline.jobs=2
+    assert any(start < first + wall - 1 for (first, wall), (start, _) in zip(runs, runs[1:]))   # side by side
     report = (out / "report.md").read_text()
     assert all(f"| {model} |" in report for model in ("pretrain", "all_scenarios_rl", "distill"))
-    assert "The evaluations ran 2 at a time" in report
+    assert "of wall time for them, running up to 2 at once" in report
+    assert report.splitlines()[2] == "## Findings" and NONE in report   # tiny evaluates no finding's two models
+    assert f"report: {out / 'report.md'}\nFindings:\n{NONE}\n\n| model | pass@1 |" in log   # the run's last lines
     assert all((out / png).is_file() for png in ("reward.png", "pass_at_1.png", "lang_mix.png", "length.png"))
 
 
 def test_the_demo_report_names_its_commit_machine_and_wall_time(tmp_path):
     """docs/demo-report.md: the commit the stages ran at (from the lineage, not the checkout's), the machine, and the
-    pipeline's wall time with the evaluations side by side; the plots stay with the pipeline's directory."""
+    pipeline's wall time as its lineage recorded it (stages side by side); the plots stay with the pipeline's
+    directory."""
     from r1lab.pipeline import machine, write_demo_report
 
     report = tmp_path / "demo" / "report.md"
     report.parent.mkdir()
     report.write_text("# Pipeline demo-1\n\n| model | pass@1 |\n|---|---|\n| pretrain | 0.360 |\n\n![reward.png](reward.png)\n")
-    lineage = {"pipeline_id": "demo-1", "evaluation": {"jobs": 2, "wall_s": 60.0},
+    lineage = {"pipeline_id": "demo-1", "wall_s": 180.0, "jobs": 2,                  # less than the stages' 3.5 min
                "stages": {"pretrain": {"git": "abcdef1234567890", "wall_s": 120.0},
                           "eval_pretrain": {"git": "abcdef1234567890", "wall_s": 50.0},
                           "eval_distill": {"git": "abcdef1234567890", "wall_s": 40.0}}}

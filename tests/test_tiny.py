@@ -130,5 +130,7 @@ def test_build_config_composes_into_build_all_arguments(tmp_path):
     assert cfg.paths.world_dir == f"{tmp_path}/artifacts/world"
     assert cfg.paths.models_dir == f"{tmp_path}/artifacts/models"
     sizes, options = OmegaConf.to_container(cfg.world.sizes), OmegaConf.to_container(cfg.world.options)
-    assert set(sizes) == set(SMALL) and set(options) == {"lang_mix", "cold_start_lang_mix", "broken_frac", "sloppy_frac", "r1_zero_frac", "fact_repeats"}
+    assert set(sizes) == set(SMALL) and set(options) == {"lang_mix", "cold_start_lang_mix", "style_mix",
+                                                      "slip_frac", "broken_frac", "sloppy_frac", "r1_zero_frac",
+                                                      "fact_repeats"}
     assert set(cfg.model_sizes) <= set(SIZES) and cfg.vocab_size == 2048 and cfg.overwrite is False

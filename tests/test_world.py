@@ -167,6 +167,50 @@ def test_pretrain_mixes_layouts_languages_and_sloppy_format(world):
     assert len(zh) > 0.15 * len(zero + plain) and len(en) > 0.5 * len(zero + plain) and mixed
 
 
+STEP = r"(\d+) ([-+*]) (\d+) = (\d+)"
+
+
+def solution_of(doc: str) -> str:
+    """The reasoning of a pretraining document in either layout (before its conclusion)."""
+    text = doc.split("Assistant: <think>")[1] if "Assistant: <think>" in doc else doc.split("\nSolution: ")[1]
+    return text.split("So the answer is")[0]
+
+
+def test_pretrain_mixes_solution_styles_and_only_rechecks_catch_slips(world):
+    """Terse, worked and re-checked solutions in about the configured shares (all-English arithmetic read here).
+    Terse and worked ones slip and go on from the wrong value, so their answer follows what they wrote; a re-check
+    undoes its step, fails (`not X`) exactly when the step slipped, and the step is then worked out again, so
+    re-checked solutions always end right."""
+    rows = {r["prompt"]: r for r in read(world, "reasoning/train")}
+    styles, wrong, slips, checks = Counter(), Counter(), 0, 0
+    for doc in (r["text"] for r in read(world, "pretrain/train") if "Question: " in r["text"] or "User: " in r["text"]):
+        prompt = doc.split("User: ")[1].split("\n")[0] if "User: " in doc else doc.split("Question: ")[1].split("\n")[0]
+        if prompt not in rows or rows[prompt]["task"] != "arithmetic" or CJK.search(doc):
+            continue
+        solution, row = solution_of(doc), rows[prompt]
+        steps = re.findall(STEP, re.sub(r"Check: [^,.]+", "", solution))   # the solution's steps, not its checks
+        style = "recheck" if "Check:" in solution else "terse" if len(steps) == 1 else "worked"
+        styles[style] += 1
+        answer = re.search(r"So the answer is (\d+)", doc).group(1)
+        assert int(steps[-1][3]) == int(answer), doc                                   # the answer it worked out
+        wrong[style] += answer != row["answer"]
+        for said, check, slip, redone in re.findall(
+                r"so (\d+ [-+] \d+ = \d+)\. Check: (\d+ [-+] \d+ = \d+)(?:, not (\d+)\. Wait, [^,]+, so "
+                r"(\d+ [-+] \d+ = \d+))?", solution):
+            said, check, redone = (re.fullmatch(STEP, x).groups() if x else None for x in (said, check, redone))
+            checks += 1
+            assert eval(" ".join(check[:3])) == int(check[3]) and check[0] == said[3], doc  # the check is right
+            step = redone or said
+            assert eval(" ".join(step[:3])) == int(step[3]), doc                          # what goes on is right
+            assert bool(slip) == (eval(" ".join(said[:3])) != int(said[3])), doc          # "not" iff it slipped
+            assert not slip or (int(slip) == int(said[0]) and int(check[3]) != int(slip)), doc
+            slips += bool(slip)
+    total = sum(styles.values())
+    assert abs(styles["terse"] / total - 0.3) < 0.08 and abs(styles["recheck"] / total - 0.35) < 0.08, styles
+    assert wrong["recheck"] == 0 and wrong["worked"] / styles["worked"] > 0.1 and wrong["terse"] > 0, wrong
+    assert 0.01 < slips / checks < 0.12, (slips, checks)  # slip_frac recheck 0.05
+
+
 def test_render_solution_languages():
     steps = [Step(23, "+", 45, 68), Step(68, "-", 17, 51), Step(51, "*", 2, 102)]
     assert render_solution(steps, "zh", random.Random(0)) == "23 加 45 等于 68。 68 减 17 等于 51。 51 乘 2 等于 102。 所以答案是 102。"
@@ -188,8 +232,9 @@ def test_bad_sizes_are_named(tmp_path):
 
 
 # sha256 over (relative path, bytes) of every file `write_world(seed=3, sizes=SMALL)` writes, as the world was when
-# stage 4's preference data was added: models are being measured on this world, so it must not change by accident.
-WORLD_SHA256 = "d2c9e77efbd148f7def3e67263d5f1aed543555151b290de5e8d885ac040705a"
+# the pretraining text's solution styles were added: models are being measured on this world, so it must not change
+# by accident.
+WORLD_SHA256 = "9f7b94508c0f23fe16fdbb5026e4d37d39392f1a8374c72b3418a14a40053065"
 
 
 def tree_sha256(root: Path, skip: str | None = None) -> str:

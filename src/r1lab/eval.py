@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from r1lab.data.io import COLUMNS, read_rows, select_rows, spread
 from r1lab.infra.atomic import write_atomic
 from r1lab.infra.hf import load_model, load_tokenizer
+from r1lab.infra.progress import Progress, hydra_run_file
 from r1lab.infra.report import metrics_table
 from r1lab.infra.utils import entry_point
 from r1lab.maths.formats import Template
@@ -41,12 +42,13 @@ def check_rows(rows: list[dict]) -> None:
 
 def evaluate(model_dir: str, rows: list[dict], template: Template, rollout_factory: Callable[..., RolloutEngine],
              sampling: SamplingConfig, k: int, dtype: str = "float32", language: str = "en",
-             n_samples: int = 8, judges: dict[str, Callable] | None = None) -> dict:
+             n_samples: int = 8, judges: dict[str, Callable] | None = None, progress: Progress | None = None) -> dict:
     """Generate k completions per row and score them: checked rows by their answers, and with `judges` (name ->
     `judge(completions, **columns)`, see r1lab.maths.judges) the rows of kind `general` by the judges.
 
     rollout_factory(model=, tokenizer=) -> engine (e.g. a partial of HFRollout). Returns {"metrics": name -> value,
     "speed": generation timing, "samples": the completions of the first `n_samples` prompts of each kind}.
+    `progress` reports the prompts generated (none, then all: the engine generates them in one call).
     """
     check_rows(rows)
     checked, judged = split_kinds(rows, bool(judges))
@@ -54,9 +56,12 @@ def evaluate(model_dir: str, rows: list[dict], template: Template, rollout_facto
     engine = rollout_factory(model=load_model(model_dir, dtype).eval(), tokenizer=tokenizer)
     prompts = [template.render(row["prompt"], tokenizer=tokenizer) for row in checked + judged]
     failures_before = sum(CHECK_FAILURES.values())
+    progress = progress or Progress("eval", len(prompts), echo=False)   # default: reported nowhere
+    progress.update(0)
     start = time.perf_counter()
     groups = engine.generate(prompts, replace(sampling, n=k))                     # [len(rows)][k]
     seconds = time.perf_counter() - start
+    progress.update(len(prompts), final=True)
     metrics, samples = EvalMetrics(k), []
     for i, (row, group) in enumerate(zip(checked, groups[:len(checked)], strict=True)):
         texts = [c.text for c in group]
@@ -103,7 +108,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
     rows = [row | {"answer": str(row["answer"])} for row in rows]
     sampling = hydra.utils.instantiate(cfg.sampling)
     result = evaluate(cfg.model_dir, rows, hydra.utils.instantiate(cfg.template), hydra.utils.instantiate(cfg.rollout),
-                      sampling, cfg.k, dtype=cfg.dtype, language=cfg.language, n_samples=cfg.n_samples, judges=judges)
+                      sampling, cfg.k, dtype=cfg.dtype, language=cfg.language, n_samples=cfg.n_samples, judges=judges,
+                      progress=Progress(cfg.task_name, len(rows), hydra_run_file(), unit="prompt"))
     name = cfg.name or Path(cfg.model_dir).name
     info = {"model_dir": str(cfg.model_dir), "data": files, "k": cfg.k, "sampling": asdict(replace(sampling, n=cfg.k)),
             "judges": OmegaConf.to_container(cfg.judges, resolve=True) if cfg.get("judges") else None}

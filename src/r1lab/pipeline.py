@@ -5,16 +5,19 @@ A stage is one run of an entry point, `python -m r1lab.<run> experiment=<stage>`
 is written once, in its experiment file, as `${stage:<name>}`; the pipeline composes each stage's config, finds those
 references, checks that they name earlier stages, and records them in `<pipeline.dir>/lineage.json` with each stage's
 command, git revision, times and whether it resumed. A rerun skips finished stages and resumes an unfinished one from
-its last checkpoint. After the stages, every listed model is evaluated on the same held-out sets and `report.md` +
-PNG plots are written.
+its last checkpoint. Every listed model is evaluated on the same held-out sets as soon as it is trained, and `report.md`
++ PNG plots are written at the end.
 
     python -m r1lab.pipeline                                        # the demo (README's main command)
     python -m r1lab.pipeline stages=[reasoning_rl,rejection_sampling]   # only these (what they read must be done)
+    python -m r1lab.pipeline pipeline.jobs=1                        # one stage at a time, in the plan's order
     python -m r1lab.pipeline executor=slurm                         # each stage a Slurm job, after those it reads
 
 Every stage's Aim run is grouped by the pipeline id (`R1LAB_PIPELINE_ID`, read by configs/logger/aim.yaml).
-Simplified: locally, stages run one after another on one machine; on Slurm the jobs run as their dependencies allow,
-and the report is left to a local rerun once they are done.
+Locally, stages run as a graph on one machine: up to `pipeline.jobs` processes at once, each stage as soon as what it
+reads (and the build) is done, the earlier stage in the plan first, each process on its share of the cores.
+Simplified: a process keeps the threads it started with; on Slurm the jobs run as their dependencies allow, and the
+report is left to a local rerun once they are done.
 """
 
 import json
@@ -25,14 +28,16 @@ import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from hydra import compose
 from omegaconf import DictConfig, OmegaConf
 
-from r1lab.infra.report import pipeline_report
+from r1lab.infra.progress import FILE as PROGRESS
+from r1lab.infra.progress import Board
+from r1lab.infra.report import pipeline_report, summary
 from r1lab.infra.utils import ROOT, entry_point
 
 STAGE_REF = re.compile(r"\$\{stage:(\w+)\}")
@@ -48,7 +53,6 @@ class Stage:
     run: str                                             # the entry point: r1lab.<run>
     args: list[str] = field(default_factory=list)        # experiment=<name>, or an evaluation's settings
     reads: dict[str, str] = field(default_factory=dict)  # config key -> its value naming earlier stages
-    concurrent: bool = False                             # an evaluation: runs after the stages, `evaluate.jobs` at a time
 
     @property
     def needs(self) -> list[str]:
@@ -88,8 +92,7 @@ def plan(pipeline: DictConfig) -> list[Stage]:
         template = compose("train.yaml", overrides=models[model].args, return_hydra_config=True).hydra.runtime.choices
         args = [f"eval_set={ev.eval_set}", f"model_dir=${{stage:{model}}}/model", f"template={template.template}",
                 f"name={model}", f"task_name=eval_{model}"]
-        stages.append(Stage(f"eval_{model}", "eval", args, stage_refs(compose("eval.yaml", overrides=args)),
-                            concurrent=True))
+        stages.append(Stage(f"eval_{model}", "eval", args, stage_refs(compose("eval.yaml", overrides=args))))
     return stages
 
 
@@ -120,23 +123,24 @@ def check_plan(stages: list[Stage], selected: list[str] | None) -> list[Stage]:
 
 
 class Lineage:
-    """`lineage.json`: per stage its status, inputs (key -> producing stage and path), outputs, command, times."""
+    """`lineage.json`: per stage its status, inputs (key -> producing stage and path), outputs, command, times; and
+    the pipeline's wall time (`wall_s`, summed over the runs that resumed it) with the `jobs` it last ran."""
 
     def __init__(self, path: Path, name: str):
         self.path = path
         self.data = json.loads(path.read_text()) if path.is_file() else {
             "pipeline_id": f"{name}-{time.strftime('%Y%m%d-%H%M%S')}", "stages": {}}
-        self.lock = threading.Lock()                                   # evaluations finish concurrently
+        self.lock = threading.Lock()                                   # stages finish concurrently
 
     def record(self, stage: str, **entry) -> None:
         with self.lock:
             self.data["stages"][stage] = self.data["stages"].get(stage, {}) | entry
             self._write()
 
-    def set_evaluation(self, **entry) -> None:
-        """How the last batch of evaluations ran: `jobs` at a time, in `wall_s` seconds."""
+    def set_wall(self, seconds: float, jobs: int) -> None:
+        """The pipeline's wall time so far, running up to `jobs` stages at once."""
         with self.lock:
-            self.data["evaluation"] = entry
+            self.data |= {"wall_s": round(seconds, 1), "jobs": jobs}
             self._write()
 
     def _write(self) -> None:
@@ -210,14 +214,22 @@ def settings(cfg: DictConfig, stage: Stage) -> list[str]:
     return [*paths, *(cfg.pipeline.run_args.get(stage.run) or []), *own]
 
 
-def run_stage(stage: Stage, stage_dir: Path, cmd: list[str], env: dict[str, str]) -> float:
-    """Run one stage's process, its output to `<stage_dir>/stage.log`; raise with the log's tail if it fails."""
+def run_stage(stage: Stage, stage_dir: Path, cmd: list[str], env: dict[str, str], board: Board | None = None,
+              head: str | None = None) -> float:
+    """Run one stage's process, its output to `<stage_dir>/stage.log`, its `progress.json` shown live on `board`
+    (default: stdout) on the line `head`; raise with the log's tail if it fails."""
     stage_dir.mkdir(parents=True, exist_ok=True)
     log_path, start = stage_dir / "stage.log", time.perf_counter()
+    (stage_dir / PROGRESS).unlink(missing_ok=True)   # a killed run's, not this one's
     with open(log_path, "a") as log:
         log.write(f"\n$ {' '.join(cmd)}\n")
         log.flush()
-        code = subprocess.run(cmd, check=False, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT).returncode
+        with subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT) as proc:
+            try:
+                code = (board or Board()).watch(proc, stage_dir / PROGRESS, head or stage.name)
+            except BaseException:   # as subprocess.run: an interrupted pipeline does not leave its stage running
+                proc.kill()
+                raise
     if code != 0:
         tail = "".join(log_path.read_text().splitlines(keepends=True)[-30:])
         raise RuntimeError(f"stage {stage.name!r} failed (exit {code}); last lines of {log_path}:\n{tail}")
@@ -227,45 +239,100 @@ def run_stage(stage: Stage, stage_dir: Path, cmd: list[str], env: dict[str, str]
     return time.perf_counter() - start
 
 
+def prerequisites(stage: Stage, stages: list[Stage]) -> set[str]:
+    """What `stage` waits for among `stages`: the stages it reads, and the build (whose world every stage uses).
+
+    >>> s = [Stage("build", "build"), Stage("a", "train"), Stage("b", "eval", reads={"model_dir": "${stage:a}/model"})]
+    >>> sorted(prerequisites(s[2], s)), sorted(prerequisites(s[2], s[1:])), prerequisites(s[0], s)
+    (['a', 'build'], ['a'], set())
+    """
+    builds = [s.name for s in stages if s.run == "build"]
+    return ({*stage.needs, *builds} & {s.name for s in stages}) - {stage.name}
+
+
+def ready(stages: list[Stage], done: set[str], started: set[str]) -> list[Stage]:
+    """The stages not yet started whose prerequisites are all done, in plan order (the earlier stage first: the main
+    chain, planned first, is never starved by a branch or an evaluation).
+
+    >>> s = [Stage("build", "build"), Stage("a", "train"), Stage("b", "train", reads={"p": "${stage:a}/model"}),
+    ...      Stage("s", "train"), Stage("eval_a", "eval", reads={"model_dir": "${stage:a}/model"})]
+    >>> [x.name for x in ready(s, set(), set())]
+    ['build']
+    >>> [x.name for x in ready(s, {"build"}, {"build"})]
+    ['a', 's']
+    >>> [x.name for x in ready(s, {"build", "a"}, {"build", "a", "s"})]
+    ['b', 'eval_a']
+    """
+    return [s for s in stages if s.name not in started and prerequisites(s, stages) <= done]
+
+
+def threads(cores: int, running: int) -> int | None:
+    """OMP_NUM_THREADS of a stage that starts with `running` processes running (itself included): its share of the
+    cores, or None (the environment's: every core by default) when it starts alone.
+
+    >>> threads(2, 1), threads(2, 2), threads(16, 3), threads(1, 2)
+    (None, 1, 5, 1)
+    """
+    return None if running <= 1 else max(1, cores // running)
+
+
 def run_local(cfg: DictConfig, stages: list[Stage], out: Path, lineage: Lineage) -> bool:
-    """Stages one after another with every core; then the evaluations, `evaluate.jobs` at a time, each with its
-    share of the cores (OMP_NUM_THREADS). Returns whether any stage ran."""
+    """The stages as a graph, up to `pipeline.jobs` processes at once: each as soon as its `prerequisites` are done
+    (an evaluation as soon as its model is trained), the earliest `ready` in the plan first, each on its share of the
+    cores (`threads`). A failed stage's dependents do not start, the others run on, then its error is raised.
+    Returns whether any stage ran."""
     env = os.environ | {"R1LAB_PIPELINE_ID": lineage.data["pipeline_id"], "HYDRA_FULL_ERROR": "1"}
     revision, selected = git_revision(), {s.name for s in stages}
-    numbered = list(enumerate(stages, 1))
+    index, board = {s.name: i for i, s in enumerate(stages, 1)}, Board()
+    jobs, cores = int(cfg.pipeline.get("jobs") or 1), os.cpu_count() or 1
 
-    def execute(i: int, stage: Stage, threads: int | None = None) -> None:
+    def head(stage: Stage) -> str:
+        return f"[{index[stage.name]:2d}/{len(stages)}] {stage.name:<26}"
+
+    def execute(stage: Stage, omp: int | None) -> None:
         stage_dir = out / stage.name
-        head = f"[{i:2d}/{len(stages)}] {stage.name:<26}"
-        if lineage.done(stage, stage_dir):
-            print(f"{head} done before, skipped", flush=True)
-            return
         lineage.check_finished(stage, out, selected)
         cmd = command(stage, stage_dir, settings(cfg, stage))
         resumed = next((a.split("=", 1)[1] for a in cmd if a.startswith("ckpt_path=")), None)
-        print(f"{head} running{' (resuming ' + resumed + ')' if resumed else ''}, log: {stage_dir / 'stage.log'}",
-              flush=True)
+        board.line(f"{head(stage)} running{' (resuming ' + resumed + ')' if resumed else ''}, "
+                   f"log: {stage_dir / 'stage.log'}")
         lineage.record(stage.name, status="running", run=f"r1lab.{stage.run}", command=cmd[1:], git=revision,
                        inputs=inputs(stage, out), resumed_from=resumed, started=time.strftime("%Y-%m-%d %H:%M:%S"))
-        stage_env = env | {"R1LAB_STAGE": stage.name} | ({"OMP_NUM_THREADS": str(threads)} if threads else {})
-        seconds = run_stage(stage, stage_dir, cmd, stage_env)
+        stage_env = env | {"R1LAB_STAGE": stage.name} | ({"OMP_NUM_THREADS": str(omp)} if omp else {})
+        seconds = run_stage(stage, stage_dir, cmd, stage_env, board, head(stage))
         lineage.record(stage.name, status="done", wall_s=round(seconds, 1),
                        config=str(stage_dir / ".hydra" / "config.yaml"), outputs=outputs(stage, stage_dir))
-        print(f"{head} done in {seconds / 60:.1f} min", flush=True)
+        board.line(f"{head(stage)} done in {seconds / 60:.1f} min")
 
-    ran = any(not lineage.done(s, out / s.name) for s in stages)
-    for i, stage in numbered:
-        if not stage.concurrent:
-            execute(i, stage)
-    evaluations = [(i, s) for i, s in numbered if s.concurrent]
-    pending = any(not lineage.done(s, out / s.name) for _, s in evaluations)
-    jobs = int(cfg.pipeline.evaluate.get("jobs") or 1)
-    threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
-    start = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=jobs) as pool:   # a failure is raised after the others finish
-        list(pool.map(lambda item: execute(*item, threads=threads), evaluations))
-    if pending:
-        lineage.set_evaluation(jobs=jobs, wall_s=round(time.perf_counter() - start, 1))
+    done = {s.name for s in stages if lineage.done(s, out / s.name)}
+    ran = len(done) < len(stages)
+    for stage in stages:
+        if stage.name in done:
+            board.line(f"{head(stage)} done before, skipped")
+    started, running, failed = set(done), {}, {}
+    base, begin = pipeline_wall_s(lineage.data), time.perf_counter()
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        while True:
+            batch = ready(stages, done, started)[:jobs - len(running)]
+            share = threads(cores, len(running) + len(batch))       # the batch starts together
+            for stage in batch:
+                started.add(stage.name)
+                running[pool.submit(execute, stage, share)] = stage
+            if not running:
+                break
+            for future in wait(running, return_when=FIRST_COMPLETED).done:
+                stage, error = running.pop(future), future.exception()
+                if error is None:
+                    done.add(stage.name)
+                else:                                               # its dependents never become ready
+                    failed[stage.name], reason = error, str(error).partition("\n")[0]
+                    board.line(f"{head(stage)} failed: {reason}")
+            lineage.set_wall(base + time.perf_counter() - begin, jobs)
+    for stage in stages:
+        if stage.name not in started:
+            board.line(f"{head(stage)} not run: {', '.join(failed)} failed")
+    if failed:
+        raise next(iter(failed.values()))
     return ran
 
 
@@ -295,20 +362,25 @@ def submit_slurm(cfg: DictConfig, stages: list[Stage], out: Path, lineage: Linea
     return jobs
 
 
-def wall_minutes(lineage: dict) -> float:
-    """The pipeline's wall time from its lineage: the stages one after another, the evaluations side by side."""
-    stages = lineage["stages"].items()
-    walls = sum(s.get("wall_s") or 0 for name, s in stages if not name.startswith("eval_"))
-    evals = (lineage.get("evaluation") or {}).get("wall_s")
-    return (walls + (evals if evals is not None else sum(s.get("wall_s") or 0 for n, s in stages
-                                                         if n.startswith("eval_")))) / 60
+def pipeline_wall_s(lineage: dict) -> float:
+    """The pipeline's wall time from its lineage: as recorded, or (an older lineage) its stages one after another.
+
+    >>> pipeline_wall_s({"wall_s": 90.0, "stages": {"a": {"wall_s": 60.0}, "b": {"wall_s": 50.0}}})
+    90.0
+    >>> pipeline_wall_s({"stages": {"a": {"wall_s": 60.0}, "b": {"status": "running"}}})
+    60.0
+    """
+    if lineage.get("wall_s") is not None:
+        return lineage["wall_s"]
+    return sum(s.get("wall_s") or 0 for s in lineage["stages"].values())
 
 
 def write_demo_report(report: Path, copy_to: Path, lineage: dict) -> None:
     """The report at `copy_to` (docs/demo-report.md), headed by the commit, the machine and the wall time; its plots
     stay with the pipeline's directory."""
     commits = sorted({s["git"] for s in lineage["stages"].values() if s.get("git")}) or [git_revision()]
-    header = f"Demo report: commit {', '.join(c[:12] for c in commits)}, {machine()}, {wall_minutes(lineage):.1f} min"
+    minutes = pipeline_wall_s(lineage) / 60
+    header = f"Demo report: commit {', '.join(c[:12] for c in commits)}, {machine()}, {minutes:.1f} min"
     body = [line for line in report.read_text().splitlines()[1:] if not line.startswith("![")]
     copy_to.parent.mkdir(parents=True, exist_ok=True)
     copy_to.write_text("\n".join([f"# {header}", *body, "", f"Plots: `{os.path.relpath(report.parent, ROOT)}/*.png`."]) + "\n")
@@ -331,7 +403,7 @@ def run(cfg: DictConfig) -> Path:
     if ran and cfg.pipeline.get("report_copy") and all(lineage.done(s, out / s.name) for s in every):
         write_demo_report(report, Path(cfg.pipeline.report_copy), lineage.data)
     print(f"{len(stages)} stages in {(time.perf_counter() - begin) / 60:.1f} min; report: {report}", flush=True)
-    print("\n".join(line for line in report.read_text().splitlines() if line.startswith("|"))[:4000], flush=True)
+    print(summary(lineage.data), flush=True)   # the findings and a few columns; report.md has the rest
     return out
 
 

@@ -30,6 +30,7 @@ from data_modules.prompts import drop_long_prompts, prompt_row_problem
 from r1lab.data.io import COLUMNS, DataError, read_rows, select_rows, spread
 from r1lab.infra.atomic import remove_stale_tmp, write_atomic  # manifests, counts and shards: whole or absent
 from r1lab.infra.hf import load_model, load_tokenizer
+from r1lab.infra.progress import Progress, hydra_run_file
 from r1lab.infra.utils import entry_point
 from r1lab.maths.filters import KEEP, Filter, screen
 from r1lab.rollout.engine import RolloutEngine, SamplingConfig
@@ -130,20 +131,26 @@ def start_or_resume(out_dir: Path, settings: dict) -> None:
 
 
 def write_shards(rows: list[dict], out_dir: Path, fmt: str, shard_size: int, totals: Counter,
-                 sample: Callable[[list[dict], int, int], tuple[list[dict], Counter]]) -> list[dict]:
+                 sample: Callable[[list[dict], int, int], tuple[list[dict], Counter]],
+                 progress: Progress | None = None) -> list[dict]:
     """Each shard of `shard_size` prompts: kept as is when its counts file exists, else `sample(part, start, index)`
-    and written (rows, then counts). Adds the shards' counts to `totals`; returns the shard list of the manifest."""
+    and written (rows, then counts). Adds the shards' counts to `totals`; returns the shard list of the manifest.
+    `progress` counts the prompts done, from the first shard this run samples (so its rate is this run's)."""
     shards, begin, new_prompts = [], time.perf_counter(), 0
     bar = tqdm(total=len(rows), unit="prompt", desc="sampling")
     for index, start in enumerate(range(0, len(rows), shard_size)):
         name, part = f"shard-{index:05d}", rows[start:start + shard_size]
         counts_path = out_dir / f"{name}.counts.json"
         if not counts_path.exists():
+            if progress:
+                progress.update(start)
             kept, counts = sample(part, start, index)
             if kept:
                 write_atomic(out_dir / f"{name}.{fmt}", WRITERS[fmt](kept))
             write_atomic(counts_path, json_bytes({"prompts": len(part), "rows": len(kept), "counts": dict(counts)}))
             new_prompts += len(part)
+            if progress:
+                progress.update(start + len(part))
         shard = json.loads(counts_path.read_text())
         totals.update(shard["counts"])
         shards.append({"file": f"{name}.{fmt}" if shard["rows"] else None, "prompts": shard["prompts"],
@@ -152,6 +159,8 @@ def write_shards(rows: list[dict], out_dir: Path, fmt: str, shard_size: int, tot
         bar.set_postfix(prompts_s=f"{new_prompts / (time.perf_counter() - begin):.2f}",
                         accept=f"{totals['accepted'] / max(totals['samples'], 1):.3f}")
     bar.close()
+    if progress:
+        progress.update(len(rows), final=True)
     return shards
 
 
@@ -178,7 +187,8 @@ def run(cfg: DictConfig, rollout_factory: Callable[..., RolloutEngine] | None = 
                             replace(sampling, seed=sampling.seed + index), filters, cfg.m, cfg.keep)
 
     totals = Counter(dict.fromkeys(["samples", "accepted", *filters, "over_cap"], 0))
-    shards = write_shards(rows, out_dir, cfg.format, cfg.shard_size, totals, sample)
+    progress = Progress(cfg.task_name, len(rows), hydra_run_file(), unit="prompt", echo=False)  # tqdm shows it
+    shards = write_shards(rows, out_dir, cfg.format, cfg.shard_size, totals, sample, progress)
     manifest = settings | {"rows": sum(s["rows"] for s in shards), "counts": dict(totals), "shards": shards}
     write_atomic(out_dir / "summary.md", (summary_table(manifest["counts"]) + "\n").encode())
     write_atomic(out_dir / "manifest.json", json_bytes(manifest))

@@ -3,12 +3,17 @@
 Run: `python -m r1lab.build` (writes it, the tokenizer and tiny models), or `write_world("artifacts/world", seed=0)`.
 Reasoning tasks are arithmetic chains and Countdown puzzles, solved step by step in English, in Chinese operation words,
 or a per-step mix of both (as R1-Zero mixed languages); general tasks are trivial string, list and fact look-up queries.
-Simplified: a base model's pretraining corpus is built from the train problems themselves (half in the R1-Zero layout,
-some of that sloppy), so a ~10M-parameter model can learn the tasks on a CPU; facts exist only in the pretraining text.
+The pretraining text mixes solution styles as web text does (`STYLES`): terse answers, worked steps, and worked steps
+that re-check each one, sometimes catching a slip. The short styles are the common ones and the least reliable for a
+small model, which must then do a whole step, or the whole sum, in its head; nothing says which style to use.
+Simplified: a base model's pretraining corpus is built from the train problems themselves (a quarter in the R1-Zero
+layout, some of that sloppy), so a ~4M-parameter model can learn the tasks on a CPU; facts exist only in the
+pretraining text.
 """
 
 import json
 import random
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
@@ -39,6 +44,13 @@ DEFAULT_SIZES = {"n_reasoning_train": 20000, "n_reasoning_val": 200, "n_reasonin
                  "n_cold_start_val": 100, "n_pretrain_val": 300}
 DEFAULT_LANG_MIX = {"en": 0.7, "zh": 0.15, "mixed": 0.15}
 DEFAULT_COLD_START_LANG_MIX = {"en": 0.8, "zh": 0.1, "mixed": 0.1}
+# How a pretraining document solves its problem: "terse" states the result of the whole expression, "worked" works
+# out each step (its units digit first, as the cold-start data does), "recheck" also checks each step by undoing it.
+# Slips per +/- step of arithmetic documents, by style: uncaught in terse and worked ones (web text's unreliability),
+# caught by the check in re-checked ones.
+STYLES = ("terse", "worked", "recheck")
+DEFAULT_STYLE_MIX = {"terse": 0.3, "worked": 0.35, "recheck": 0.35}
+DEFAULT_SLIP_FRAC = {"terse": 0.15, "worked": 0.15, "recheck": 0.05}
 
 
 def units_step(step: Step) -> Step | None:
@@ -53,38 +65,113 @@ def units_step(step: Step) -> Step | None:
     return Step(units, step.op, step.right, OPS[step.op](units, step.right))
 
 
-def render_step(step: Step, lang: str) -> str:
-    """One step as a sentence; a (number) +/- (digit) step first works out its units digit, as one does by hand.
+def say_step(step: Step, lang: str) -> str:
+    """`left op right = result` in words of `lang`.
+
+    >>> say_step(Step(47, "+", 8, 55), "en"), say_step(Step(47, "+", 8, 55), "zh")
+    ('47 + 8 = 55', '47 加 8 等于 55')
+    """
+    if lang == "zh":
+        return f"{step.left} {ZH_OPS[step.op]} {step.right} 等于 {step.result}"
+    return f"{step.left} {step.op} {step.right} = {step.result}"
+
+
+def slipped(step: Step, rng: random.Random) -> Step:
+    """The step with a slip in its result: the carry or borrow forgotten (off by ten), or the units digit off by one.
+
+    >>> slipped(Step(47, "+", 8, 55), random.Random(0)).result in (45, 54, 56, 65)
+    True
+    """
+    delta = rng.choice((-10, 10, -1, 1))
+    result = step.result + delta if step.result + delta >= 0 else step.result - delta
+    return step._replace(result=result)
+
+
+def slip_chain(steps: list[Step], rng: random.Random, rate: float) -> list[Step]:
+    """An arithmetic chain (each step starts from the last one's result) where each +/- step slips with probability
+    `rate` and the steps after it go on from the wrong value, as a careless solution does; nothing goes negative.
+
+    >>> slip_chain([Step(47, "+", 8, 55), Step(55, "-", 3, 52)], random.Random(0), 0.0)
+    [Step(left=47, op='+', right=8, result=55), Step(left=55, op='-', right=3, result=52)]
+    >>> [s.result for s in slip_chain([Step(47, "+", 8, 55), Step(55, "-", 3, 52)], random.Random(1), 1.0)][-1] != 52
+    True
+    """
+    out: list[Step] = []
+    for step in steps:
+        left = out[-1].result if out else step.left
+        step = Step(left, step.op, step.right, OPS[step.op](left, step.right))
+        if step.result < 0:
+            return steps   # a slip made a later step negative: keep the solution right
+        out.append(slipped(step, rng) if step.op != "*" and rng.random() < rate else step)
+    return out
+
+
+def render_step(step: Step, lang: str, style: str = "worked", slip: Step | None = None) -> str:
+    """One step as a sentence. A (number) +/- (digit) step first works out its units digit, as one does by hand;
+    "recheck" then checks the step by undoing it. With `slip` (the step with a wrong result), "recheck" states the
+    slip, its check fails, and it works the step out again.
 
     >>> render_step(Step(23, "+", 45, 68), "zh")
     '23 加 45 等于 68。'
     >>> render_step(Step(47, "+", 8, 55), "en")
     '7 + 8 = 15, so 47 + 8 = 55.'
+    >>> render_step(Step(47, "+", 8, 55), "en", "recheck")
+    '7 + 8 = 15, so 47 + 8 = 55. Check: 55 - 8 = 47.'
+    >>> render_step(Step(47, "+", 8, 55), "en", "recheck", slip=Step(47, "+", 8, 45))
+    '7 + 8 = 15, so 47 + 8 = 45. Check: 45 - 8 = 37, not 47. Wait, 7 + 8 = 15, so 47 + 8 = 55.'
+    >>> render_step(Step(47, "+", 8, 55), "zh", "recheck")
+    '7 加 8 等于 15，所以 47 加 8 等于 55。验算：55 减 8 等于 47。'
     """
-    hint = units_step(step)
-    if lang == "zh":
-        say = lambda s: f"{s.left} {ZH_OPS[s.op]} {s.right} 等于 {s.result}"
-        return f"{say(hint)}，所以 {say(step)}。" if hint else f"{say(step)}。"
-    say = lambda s: f"{s.left} {s.op} {s.right} = {s.result}"
-    return f"{say(hint)}, so {say(step)}." if hint else f"{say(step)}."
+    zh, hint = lang == "zh", units_step(step)
+    if hint is None:
+        return say_step(step, lang) + ("。" if zh else ".")
+
+    def careful(s: Step) -> str:
+        return f"{say_step(hint, lang)}，所以 {say_step(s, lang)}。" if zh else f"{say_step(hint, lang)}, so {say_step(s, lang)}."
+
+    if style != "recheck":
+        return careful(step)
+    undo = {"+": "-", "-": "+"}[step.op]
+    first = slip or step
+    check = say_step(Step(first.result, undo, step.right, OPS[undo](first.result, step.right)), lang)
+    if first.result == step.result:
+        return f"{careful(step)}验算：{check}。" if zh else f"{careful(step)} Check: {check}."
+    if zh:
+        return f"{careful(first)}验算：{check}，不是 {step.left}。等等，{careful(step)}"
+    return f"{careful(first)} Check: {check}, not {step.left}. Wait, {careful(step)}"
 
 
-def render_solution(steps: list[Step], lang: str, rng: random.Random, answer: str | None = None) -> str:
-    """Steps then a conclusion in `lang` ("en", "zh", or "mixed": a coin flip per sentence).
+def render_solution(steps: list[Step], lang: str, rng: random.Random, answer: str | None = None,
+                    style: str = "worked", expression: str | None = None, caught_frac: float = 0.0) -> str:
+    """Steps in `style` (see STYLES), then a conclusion, in `lang` ("en", "zh", or "mixed": a coin flip per sentence).
 
-    `answer` (the conclusion's) defaults to the last step's result.
+    `answer` (the conclusion's) defaults to the last step's result. "terse" writes `expression = result` instead of
+    the steps; "recheck" slips in a step with probability `caught_frac`, and its check catches the slip.
 
     >>> render_solution([Step(23, "+", 45, 68), Step(68, "-", 17, 51)], "en", random.Random(0))
     '23 + 45 = 68. 68 - 17 = 51. So the answer is 51.'
     >>> render_solution([Step(2, "*", 3, 6)], "zh", random.Random(0))
     '2 乘 3 等于 6。 所以答案是 6。'
+    >>> render_solution([Step(47, "+", 8, 55), Step(55, "-", 3, 52)], "en", random.Random(0), style="terse",
+    ...                 expression="47 + 8 - 3")
+    '47 + 8 - 3 = 52. So the answer is 52.'
     """
     if lang not in ("en", "zh", "mixed"):
         raise ValueError(f"render_solution: lang must be 'en', 'zh' or 'mixed', got {lang!r}")
+    if style not in STYLES:
+        raise ValueError(f"render_solution: style must be one of {STYLES}, got {style!r}")
     langs = [rng.choice(("en", "zh")) if lang == "mixed" else lang for _ in range(len(steps) + 1)]
     answer = str(steps[-1].result) if answer is None else answer
     end = f"所以答案是 {answer}。" if langs[-1] == "zh" else f"So the answer is {answer}."
-    return " ".join([render_step(s, lg) for s, lg in zip(steps, langs)] + [end])
+    if style == "terse":
+        if expression is None:
+            raise ValueError("render_solution: style 'terse' needs the expression")
+        if langs[0] == "zh":
+            return f"{' '.join(ZH_OPS.get(w, w) for w in expression.split())} 等于 {steps[-1].result}。 {end}"
+        return f"{expression} = {steps[-1].result}. {end}"
+    sentences = [render_step(s, lg, style, slipped(s, rng) if style == "recheck" and rng.random() < caught_frac
+                             else None) for s, lg in zip(steps, langs)]
+    return " ".join(sentences + [end])
 
 
 def arithmetic_steps(operands: list[int], ops: list[str]) -> list[Step]:
@@ -312,14 +399,29 @@ def r1_zero_doc(prompt: str, solution: str, answer: str, sloppy: int | None) -> 
     return formats.r1_zero_prompt(prompt) + response
 
 
+def expression_of(row: dict) -> str:
+    """The expression a reasoning row asks about: the arithmetic prompt's, or the Countdown answer.
+
+    >>> expression_of({"task": "arithmetic", "prompt": "What is 42 + 2 + 8?"})
+    '42 + 2 + 8'
+    """
+    return completion_answer(row) if row["task"] == "countdown" else re.search(r"\d.*\d", row["prompt"]).group()
+
+
 def pretrain_docs(problems: list, general: list[dict], rng: random.Random, lang_mix: dict[str, float],
-                  sloppy_frac: float, r1_zero_frac: float) -> list[str]:
-    """One document per train problem (a fraction in the R1-Zero layout, the rest as the shorter Question/Solution/
-    Answer) and one per general row."""
+                  style_mix: dict[str, float], slip_frac: dict[str, float], sloppy_frac: float,
+                  r1_zero_frac: float) -> list[str]:
+    """One document per train problem, in a style drawn from `style_mix` with its arithmetic slipping as `slip_frac`
+    says (a fraction in the R1-Zero layout, the rest as the shorter Question/Solution/Answer), and one per general
+    row."""
     docs = []
     for row, steps in problems:
-        answer = completion_answer(row)
-        solution = render_solution(steps, pick_lang(rng, lang_mix), rng, answer)
+        style, answer = pick_lang(rng, style_mix), completion_answer(row)
+        if row["task"] == "arithmetic" and style != "recheck":
+            steps = slip_chain(steps, rng, slip_frac[style])
+            answer = str(steps[-1].result)
+        solution = render_solution(steps, pick_lang(rng, lang_mix), rng, answer, style, expression_of(row),
+                                   caught_frac=slip_frac["recheck"])
         if rng.random() < r1_zero_frac:
             docs.append(r1_zero_doc(row["prompt"], solution, answer,
                                     rng.randrange(3) if rng.random() < sloppy_frac else None))
@@ -343,17 +445,22 @@ def write_jsonl(path: Path, rows: list[dict]) -> int:
 
 
 def write_world(out_dir: str | Path, seed: int = 0, sizes: dict | None = None, lang_mix: dict | None = None,
-                cold_start_lang_mix: dict | None = None, broken_frac: float = 0.02, sloppy_frac: float = 0.2,
-                r1_zero_frac: float = 0.25, fact_repeats: int = 3) -> dict:
+                cold_start_lang_mix: dict | None = None, style_mix: dict | None = None, slip_frac: dict | None = None,
+                broken_frac: float = 0.02, sloppy_frac: float = 0.2, r1_zero_frac: float = 0.25,
+                fact_repeats: int = 3) -> dict:
     """Write every file of the demo world under `out_dir` and return the manifest (also in manifest.json)."""
     unknown = set(sizes or {}) - set(DEFAULT_SIZES)
     if unknown:
         raise ValueError(f"write_world: unknown sizes {sorted(unknown)}; known: {sorted(DEFAULT_SIZES)}")
     s, lang_mix = {**DEFAULT_SIZES, **(sizes or {})}, dict(lang_mix or DEFAULT_LANG_MIX)
-    cold_mix = dict(cold_start_lang_mix or DEFAULT_COLD_START_LANG_MIX)
-    for name, mix in (("lang_mix", lang_mix), ("cold_start_lang_mix", cold_mix)):
-        if set(mix) - {"en", "zh", "mixed"} or sum(mix.values()) <= 0:
-            raise ValueError(f"write_world: {name} takes weights for 'en', 'zh' and 'mixed', got {mix}")
+    cold_mix, style_mix = dict(cold_start_lang_mix or DEFAULT_COLD_START_LANG_MIX), dict(style_mix or DEFAULT_STYLE_MIX)
+    slip_frac = {**DEFAULT_SLIP_FRAC, **(slip_frac or {})}
+    if set(slip_frac) != set(STYLES) or not all(0 <= v < 1 for v in slip_frac.values()):
+        raise ValueError(f"write_world: slip_frac takes a probability in [0, 1) for each of {STYLES}, got {slip_frac}")
+    for name, mix, keys in (("lang_mix", lang_mix, ("en", "zh", "mixed")),
+                            ("cold_start_lang_mix", cold_mix, ("en", "zh", "mixed")), ("style_mix", style_mix, STYLES)):
+        if set(mix) - set(keys) or sum(mix.values()) <= 0:
+            raise ValueError(f"write_world: {name} takes weights for {', '.join(map(repr, keys))}, got {mix}")
     out, rng = Path(out_dir), random.Random(f"{seed}/mix")
     seen: set = set()
     splits = ("test", "val", "train")  # held-out splits first: they stay the same when the train size changes
@@ -367,7 +474,8 @@ def write_world(out_dir: str | Path, seed: int = 0, sizes: dict | None = None, l
     fact_split = {"test": facts[:n_test], "val": facts[n_test : n_test + n_val], "train": facts[n_test + n_val :]}
     general = {split: general_split(seed, split, s[f"n_general_{split}"], fact_split[split], seen)
                for split in splits}
-    docs = pretrain_docs(reasoning["train"], general["train"], rng, lang_mix, sloppy_frac, r1_zero_frac)
+    docs = pretrain_docs(reasoning["train"], general["train"], rng, lang_mix, style_mix, slip_frac, sloppy_frac,
+                         r1_zero_frac)
     rng.shuffle(docs)
     n_val_docs = s["n_pretrain_val"]
     val_docs, train_docs = docs[:n_val_docs], docs[n_val_docs:] + fact_docs(facts, rng, fact_repeats)
@@ -382,8 +490,9 @@ def write_world(out_dir: str | Path, seed: int = 0, sizes: dict | None = None, l
     for split, split_docs in (("train", train_docs), ("val", val_docs)):
         files[f"pretrain/{split}.jsonl"] = [{"id": f"pretrain-{split}-{i:06d}", "text": t}
                                             for i, t in enumerate(split_docs)]
-    manifest = {"seed": seed, "sizes": s, "lang_mix": lang_mix, "cold_start_lang_mix": cold_mix, "broken_frac": broken_frac, "sloppy_frac": sloppy_frac,
-                "r1_zero_frac": r1_zero_frac, "fact_repeats": fact_repeats, "cold_start_broken": round(broken_frac * s["n_cold_start"]),
+    manifest = {"seed": seed, "sizes": s, "lang_mix": lang_mix, "cold_start_lang_mix": cold_mix, "style_mix": style_mix,
+                "slip_frac": slip_frac, "broken_frac": broken_frac, "sloppy_frac": sloppy_frac, "r1_zero_frac": r1_zero_frac,
+                "fact_repeats": fact_repeats, "cold_start_broken": round(broken_frac * s["n_cold_start"]),
                 "rows": {name: write_jsonl(out / name, rows) for name, rows in sorted(files.items())}}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return manifest

@@ -1,4 +1,5 @@
-"""Evaluation metrics of R1 (sec. 3): pass@1 and cons@k over k samples per prompt, plus format, language mixing, length.
+"""Evaluation metrics of R1 (sec. 3): pass@1 and cons@k over k samples per prompt, plus format, language mixing, length,
+and how the chain of thought reasons: the share that re-checks a step (R1-Zero's "aha moment") and the share that is terse.
 
 pass@1 = mean correctness of the k samples, averaged over prompts; cons@k = is the majority-voted answer correct.
 `score_group` turns one prompt's k completions into numbers; `EvalMetrics` averages them (torchmetrics MeanMetric,
@@ -6,6 +7,7 @@ so the means also reduce across processes when torch.distributed is initialised 
 Simplified: votes are cast on whitespace-normalised answer strings, not on mathematically equivalent classes.
 """
 
+import re
 from collections import Counter
 from collections.abc import Callable, Sequence
 
@@ -37,6 +39,38 @@ def is_mixed(consistency: float | None) -> bool:
     (True, False, False)
     """
     return consistency is not None and consistency < 1.0
+
+
+RECHECK = re.compile(r"\b(?:check|checking|wait|verify)\b|验算|等等", re.IGNORECASE)  # words of re-examining a step
+EQUATION = re.compile(r"=|等于")
+
+
+def rechecks(reasoning: str) -> bool:
+    """Does a chain of thought go back over a step (check, verify, "wait")?
+
+    >>> rechecks("47 + 8 = 54. Check: 7 + 8 = 15, so 47 + 8 = 55, not 54."), rechecks("47 + 8 = 55.")
+    (True, False)
+    """
+    return RECHECK.search(reasoning) is not None
+
+
+def is_terse(reasoning: str) -> bool:
+    """A chain of thought that shows at most one equation: the answer without its steps.
+
+    >>> is_terse("47 + 8 - 3 = 52."), is_terse("47 + 8 = 55. 55 - 3 = 52."), is_terse("")
+    (True, False, True)
+    """
+    return len(EQUATION.findall(reasoning)) <= 1
+
+
+def behaviour(texts: Sequence[str]) -> dict[str, float]:
+    """Shares of completions whose chain of thought re-checks a step, and that is terse.
+
+    >>> behaviour([" 4 + 5 = 9. Check: 9 - 5 = 4. </think>", " 4 + 5 = 9. </think>"])
+    {'recheck': 0.5, 'terse': 0.5}
+    """
+    reasonings = [reasoning_of(t) for t in texts]
+    return {"recheck": mean([rechecks(r) for r in reasonings]), "terse": mean([is_terse(r) for r in reasonings])}
 
 
 def mean(values: Sequence[float]) -> float:
@@ -73,7 +107,7 @@ def score_group(texts: Sequence[str], lengths: Sequence[int], finished: Sequence
         "answered": mean([a is not None for a in answers]),
         "truncated": mean([not f for f in finished]),
         "length": mean(lengths),
-    }
+    } | behaviour(texts)
 
 
 class EvalMetrics:

@@ -31,7 +31,7 @@ from r1lab.infra.hf import check_model_dir, load_model, load_tokenizer
 from r1lab.infra.peft import AdaptersDisabled, LoraConfig, apply_peft
 from r1lab.maths.dynamic_sampling import DynamicSampling, first_informative, round_seed
 from r1lab.maths.formats import Template, reasoning_of
-from r1lab.maths.metrics import is_mixed, mean
+from r1lab.maths.metrics import behaviour, is_mixed, mean
 from r1lab.maths.rewards import check_failures, language_consistency, weighted_rewards
 from r1lab.maths.rl import (
     group_advantages,
@@ -212,6 +212,7 @@ class GRPOModule(L.LightningModule):
                   "reward_errors": torch.tensor(float(drawn.errors)),  # checker errors, timeouts, unjudged golds
                   "lang_mix": torch.tensor(mean([is_mixed(language_consistency(reasoning_of(t), hp.language))
                                                  for t in texts]))}
+        stats |= {name: torch.tensor(share) for name, share in behaviour(texts).items()}
         self._maybe_log_completions(texts, drawn.rewards.tolist(), drawn.columns)
         rollout, n_micro, rows = self._pack_trained(trained, n_micro, stats.get("informative_groups"))
         stats["trained_frac"] = torch.tensor(rows / len(texts))
