@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 
 from r1lab.infra.findings import NONE
 from r1lab.infra.utils import ROOT
-from r1lab.pipeline import Lineage, Stage, check_plan, command, plan, settings
+from r1lab.pipeline import Lineage, Stage, check_plan, command, init_aim_repo, plan, settings
 
 PIPELINES = sorted(p.stem for p in (ROOT / "configs" / "pipeline").glob("*.yaml"))
 
@@ -42,6 +42,18 @@ def test_the_demo_pipeline_lists_stages_only():
     assert all(run in ("build", "train", "sample") for run in demo.stages.values()), "a stage carries settings"
     assert set(demo.evaluate) == {"eval_set", "models"}
     assert all(not args or all(a.startswith("logger=") for a in args) for args in demo.run_args.values())
+
+
+def test_the_aim_repository_exists_before_stages_start_side_by_side(tmp_path):
+    """Two stages starting together (pretrain and student_pretrain) each open an Aim run: the repository is created
+    first, so neither races to create it; a pipeline logging without Aim creates none."""
+    cfg = composed("pipeline", f"paths.aim_dir={tmp_path}")
+    assert init_aim_repo(cfg) == tmp_path / ".aim" and (tmp_path / ".aim").is_dir()
+    code = "from aim import Run; r = Run(repo={!r}, experiment='side'); r.track(1.0, name='x'); r.close()"
+    procs = [subprocess.Popen([sys.executable, "-c", code.format(str(tmp_path))]) for _ in range(2)]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    plain = composed("pipeline", f"paths.aim_dir={tmp_path / 'csv'}", "pipeline.run_args.train=['logger=csv']")
+    assert init_aim_repo(plain) is None and not (tmp_path / "csv").exists()
 
 
 @pytest.mark.parametrize("name", PIPELINES)

@@ -386,6 +386,18 @@ def write_demo_report(report: Path, copy_to: Path, lineage: dict) -> None:
     copy_to.write_text("\n".join([f"# {header}", *body, "", f"Plots: `{os.path.relpath(report.parent, ROOT)}/*.png`."]) + "\n")
 
 
+def init_aim_repo(cfg: DictConfig) -> Path | None:
+    """Create the Aim repository the stages log to (`logger=aim*` in a run's args) before any stage starts: Aim
+    creates it on first use, and two stages starting side by side would race to (one fails). Returns its directory."""
+    args = [a for run_args in cfg.pipeline.run_args.values() for a in run_args or []]
+    if not any(a.startswith("logger=aim") for a in args):
+        return None
+    from aim import Repo
+
+    Repo.from_path(str(cfg.paths.aim_dir), init=True)
+    return Path(cfg.paths.aim_dir) / ".aim"
+
+
 def run(cfg: DictConfig) -> Path:
     """Run (or submit) the selected stages that are not finished, then write the report; returns the pipeline dir."""
     out = Path(cfg.pipeline.dir)
@@ -393,6 +405,7 @@ def run(cfg: DictConfig) -> Path:
     every = plan(cfg.pipeline)
     stages = check_plan(every, list(cfg.stages) if cfg.get("stages") else None)
     lineage, begin = Lineage(out / "lineage.json", cfg.pipeline.name), time.perf_counter()
+    init_aim_repo(cfg)
     if cfg.executor == "slurm":
         submit_slurm(cfg, stages, out, lineage)
         return out
