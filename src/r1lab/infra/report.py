@@ -132,8 +132,8 @@ def findings_section(evals: dict[str, str]) -> list[str]:
     """The report's opening: the findings, then the base's and R1-Zero's completions of the same prompts."""
     rows = {model: load_metrics(path) for model, path in evals.items()}
     lines = ["## Findings", "", ("Each finding compares two models' evaluations below and holds when the metric moves "
-                                 "the stated way (the demo's runs are short: the direction decides, R1's long-run "
-                                 "targets are quoted); one whose models were not evaluated is left out."), "",
+                                 "the stated way (the demo's runs are short: only the direction decides); one whose "
+                                 "models were not evaluated is left out."), "",
              *finding_lines(findings(rows)), ""]
     pairs = side_by_side({m: Path(evals[m]).parent / "samples.jsonl" for m in BASE_VS_RL if m in evals})
     if pairs:
