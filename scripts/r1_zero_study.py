@@ -34,7 +34,7 @@ def call(cmd: list[str], log: Path) -> float:
 def evaluate(model_dir: Path, out: Path, args: argparse.Namespace) -> dict:
     if not (out / "metrics.json").is_file():
         call(["r1lab.eval", f"model_dir={model_dir}", "template=r1_zero", "rollout=vllm",
-              "data.where={task:[arithmetic]}", f"limit={args.limit}", f"paths.runs_dir={args.runs_dir}",
+              "data.where={task:[arithmetic]}", *([f"limit={args.limit}"] if args.limit else []),
               f"hydra.run.dir={out}"], out.with_suffix(".log"))
     return json.loads((out / "metrics.json").read_text())["metrics"]
 

@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 
 from r1lab.infra.findings import NONE
 from r1lab.infra.utils import ROOT
-from r1lab.pipeline import Lineage, Stage, check_plan, command, init_aim_repo, plan, settings
+from r1lab.pipeline import Lineage, Stage, check_plan, command, init_aim_repo, plan, ready, settings
 
 PIPELINES = sorted(p.stem for p in (ROOT / "configs" / "pipeline").glob("*.yaml"))
 
@@ -37,11 +37,24 @@ def planned(name: str) -> list[Stage]:
 def test_the_demo_pipeline_lists_stages_only():
     """The experiment file is the run: the demo pipeline names each stage's entry point and nothing else."""
     demo = OmegaConf.load(ROOT / "configs" / "pipeline" / "demo.yaml")
-    assert "overrides" not in demo and set(demo) <= {"name", "dir", "report_copy", "sbatch_args", "jobs", "run_args",
+    assert "overrides" not in demo and set(demo) <= {"name", "dir", "report_copy", "sbatch_args", "jobs", "after", "run_args",
                                                       "stages", "evaluate", "curves"}
     assert all(run in ("build", "train", "sample") for run in demo.stages.values()), "a stage carries settings"
     assert set(demo.evaluate) == {"eval_set", "models"}
     assert all(not args or all(a.startswith("logger=") for a in args) for args in demo.run_args.values())
+
+
+def test_a_stage_waits_for_the_stages_it_is_told_to_come_after():
+    """`after` orders stages that read nothing of each other: the demo's student pre-training waits for the base's
+    (in the local schedule and as a Slurm dependency); naming a later stage is refused."""
+    stages = {s.name: s for s in planned("demo")}
+    assert stages["student_pretrain"].after == ["pretrain"] and not stages["student_pretrain"].needs
+    assert ready(list(stages.values()), {"build"}, {"build"})[0].name == "pretrain"
+    assert "student_pretrain" not in [s.name for s in ready(list(stages.values()), {"build"}, {"build"})]
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
+        with pytest.raises(ValueError, match="after.pretrain names .*student_pretrain"):
+            plan(compose("pipeline", overrides=["+pipeline.after.pretrain=[student_pretrain]"]).pipeline)
 
 
 def test_the_aim_repository_exists_before_stages_start_side_by_side(tmp_path):

@@ -53,6 +53,7 @@ class Stage:
     run: str                                             # the entry point: r1lab.<run>
     args: list[str] = field(default_factory=list)        # experiment=<name>, or an evaluation's settings
     reads: dict[str, str] = field(default_factory=dict)  # config key -> its value naming earlier stages
+    after: list[str] = field(default_factory=list)       # earlier stages it waits for without reading them
 
     @property
     def needs(self) -> list[str]:
@@ -80,10 +81,14 @@ def plan(pipeline: DictConfig) -> list[Stage]:
     """The pipeline's stages in order, each with what it reads, then one evaluation per listed model.
 
     Composes every stage's config (inside a Hydra app, or `hydra.initialize_config_dir`)."""
-    stages = []
+    stages, order = [], (pipeline.get("after") or {})
     for name, run in pipeline.stages.items():
         args = [f"experiment={name}"] if run in OUTPUTS else []
-        stages.append(Stage(name, run, args, stage_refs(compose(f"{run}.yaml", overrides=args)) if args else {}))
+        after = list(order.get(name) or [])
+        if set(after) - {s.name for s in stages}:
+            raise ValueError(f"pipeline {pipeline.name}: after.{name} names {after}; "
+                             "a stage can only wait for earlier ones")
+        stages.append(Stage(name, run, args, stage_refs(compose(f"{run}.yaml", overrides=args)) if args else {}, after))
     models = {s.name: s for s in stages}
     ev = pipeline.evaluate
     for model in ev.models:
@@ -240,14 +245,18 @@ def run_stage(stage: Stage, stage_dir: Path, cmd: list[str], env: dict[str, str]
 
 
 def prerequisites(stage: Stage, stages: list[Stage]) -> set[str]:
-    """What `stage` waits for among `stages`: the stages it reads, and the build (whose world every stage uses).
+    """What `stage` waits for among `stages`: the stages it reads or is told to come `after`, and the build (whose
+    world every stage uses).
 
-    >>> s = [Stage("build", "build"), Stage("a", "train"), Stage("b", "eval", reads={"model_dir": "${stage:a}/model"})]
+    >>> s = [Stage("build", "build"), Stage("a", "train"), Stage("b", "eval", reads={"model_dir": "${stage:a}/model"}),
+    ...      Stage("c", "train", after=["a"])]
     >>> sorted(prerequisites(s[2], s)), sorted(prerequisites(s[2], s[1:])), prerequisites(s[0], s)
     (['a', 'build'], ['a'], set())
+    >>> sorted(prerequisites(s[3], s))
+    ['a', 'build']
     """
     builds = [s.name for s in stages if s.run == "build"]
-    return ({*stage.needs, *builds} & {s.name for s in stages}) - {stage.name}
+    return ({*stage.needs, *stage.after, *builds} & {s.name for s in stages}) - {stage.name}
 
 
 def ready(stages: list[Stage], done: set[str], started: set[str]) -> list[Stage]:
@@ -347,7 +356,7 @@ def submit_slurm(cfg: DictConfig, stages: list[Stage], out: Path, lineage: Linea
         if lineage.done(stage, stage_dir):
             print(f"{stage.name:<26} done before, not submitted", flush=True)
             continue
-        after = [jobs[n] for n in dict.fromkeys([*stage.needs, build]) if n in jobs and n != stage.name]
+        after = [jobs[n] for n in dict.fromkeys([*stage.needs, *stage.after, build]) if n in jobs and n != stage.name]
         cmd = ["sbatch", "--parsable", f"--job-name=r1lab-{stage.name}", f"--output={out}/slurm-%x-%j.out",
                *([f"--dependency=afterok:{':'.join(after)}", "--kill-on-invalid-dep=yes"] if after else []),
                *cfg.pipeline.sbatch_args, str(ROOT / "slurm" / "run.sbatch"),
