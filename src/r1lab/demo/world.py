@@ -376,14 +376,15 @@ def chat_row(row: dict, response: str, prefix: str) -> dict:
             "response": response, "answer": row["answer"], "numbers": row["numbers"]}
 
 
-def pick_lang(rng: random.Random, lang_mix: dict[str, float]) -> str:
-    return rng.choices(list(lang_mix), weights=list(lang_mix.values()))[0]
+def pick(rng: random.Random, weights: dict[str, float]) -> str:
+    """One key of `weights` (a language or a solution style), drawn by its weight."""
+    return rng.choices(list(weights), weights=list(weights.values()))[0]
 
 
 def cold_start_rows(problems: list, rng: random.Random, broken_frac: float, lang_mix: dict[str, float]) -> list[dict]:
     """Chat rows in the cold-start format, each chain of thought in a language drawn from `lang_mix` (R1's cold-start
     data was refined R1-Zero output, and refining leaves some mixing); round(broken_frac * len) rows out of format."""
-    rows = [chat_row(row, formats.cold_start_response(cold_start_reasoning(row, steps, pick_lang(rng, lang_mix), rng),
+    rows = [chat_row(row, formats.cold_start_response(cold_start_reasoning(row, steps, pick(rng, lang_mix), rng),
                                                       f"The answer is \\boxed{{{completion_answer(row)}}}."), "cold")
             for row, steps in problems]
     for j, i in enumerate(sorted(rng.sample(range(len(rows)), round(broken_frac * len(rows))))):
@@ -416,11 +417,11 @@ def pretrain_docs(problems: list, general: list[dict], rng: random.Random, lang_
     row."""
     docs = []
     for row, steps in problems:
-        style, answer = pick_lang(rng, style_mix), completion_answer(row)
+        style, answer = pick(rng, style_mix), completion_answer(row)
         if row["task"] == "arithmetic" and style != "recheck":
             steps = slip_chain(steps, rng, slip_frac[style])
             answer = str(steps[-1].result)
-        solution = render_solution(steps, pick_lang(rng, lang_mix), rng, answer, style, expression_of(row),
+        solution = render_solution(steps, pick(rng, lang_mix), rng, answer, style, expression_of(row),
                                    caught_frac=slip_frac["recheck"])
         if rng.random() < r1_zero_frac:
             docs.append(r1_zero_doc(row["prompt"], solution, answer,
