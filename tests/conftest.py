@@ -109,7 +109,7 @@ def samples_dir(artifacts_dir) -> Path:
 
 @pytest.fixture(scope="session")
 def teacher_dir(artifacts_dir) -> Path:
-    """A stand-in for the stage-3 model where experiment=distill reads its teacher (`${stage:rejection_sft}/model`):
+    """A stand-in for the stage-3 model where experiment=distill_kd reads its teacher (`${stage:rejection_sft}/model`):
     the tiny model, other weights."""
     from transformers import AutoTokenizer
 

@@ -55,7 +55,7 @@ def test_missing_model_dir_names_the_key_to_set(compose_train, tmp_path, nothing
 
 
 @pytest.mark.parametrize("key, experiment", [
-    ("module.teacher_path", "distill"),
+    ("module.teacher_path", "distill_kd"),
     ("module.rewards.helpfulness.fn.model_path", "all_scenarios_rl"),
 ])
 def test_every_model_directory_is_checked(compose_train, tmp_path, nothing_loads, key, experiment):

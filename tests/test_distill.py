@@ -160,7 +160,7 @@ class TeacherProbe(L.Callback):
 
 
 def test_teacher_stays_frozen_in_eval_mode_through_training_and_validation(compose_train):
-    cfg = compose_train("experiment=distill", "trainer.max_steps=3", "trainer.val_check_interval=1",
+    cfg = compose_train("experiment=distill_kd", "trainer.max_steps=3", "trainer.val_check_interval=1",
                         "trainer.limit_val_batches=1", "data.batch_size=4")
     module = hydra.utils.instantiate(cfg.module)
     module.configure_model()

@@ -62,7 +62,7 @@ def test_apply_peft_none_is_full_fine_tuning_and_reference_is_the_base(tokenizer
 
 STAGES = {  # stage -> overrides (a few steps on the tiny model)
     "sft": ["experiment=cold_start", "data.batch_size=4"],
-    "distill": ["experiment=distill", "data.batch_size=4", "module.kd_weight=0.5"],
+    "distill": ["experiment=distill_kd", "data.batch_size=4"],
     "reward_model": ["experiment=reward_model_helpfulness", "data.batch_size=4"],
     "grpo": ["experiment=r1_zero", "data.batch_size=2", "module.sampling.n=2", "module.sampling.max_new_tokens=8",
              "module.kl_coef=0.1", "module.mu=2", "+module.rewards.length.weight=1.0",  # the random tiny model earns no

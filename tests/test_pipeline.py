@@ -88,7 +88,7 @@ def test_the_demo_graph_is_r1s():
     assert needs["reasoning_rl"] == {"cold_start"} and needs["rejection_sampling"] == {"reasoning_rl"}
     assert needs["rejection_sft"] == {"pretrain", "rejection_sampling"}
     assert needs["all_scenarios_rl"] == {"rejection_sft", "reward_model_helpfulness", "reward_model_harmlessness"}
-    assert needs["distill"] == {"student_pretrain", "rejection_sft", "rejection_sampling"}
+    assert needs["distill"] == {"student_pretrain", "rejection_sampling"}   # SFT alone, as R1
     assert needs["eval_distill"] == {"distill", "reward_model_helpfulness", "reward_model_harmlessness"}
 
 

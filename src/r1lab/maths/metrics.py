@@ -63,14 +63,16 @@ def is_terse(reasoning: str) -> bool:
     return len(EQUATION.findall(reasoning)) <= 1
 
 
-def behaviour(texts: Sequence[str]) -> dict[str, float]:
-    """Shares of completions whose chain of thought re-checks a step, and that is terse.
+def behaviour(texts: Sequence[str], language: str = "en") -> dict[str, float]:
+    """Shares of completions whose chain of thought mixes languages (against `language`), re-checks a step, and is
+    terse; each chain of thought is read once.
 
     >>> behaviour([" 4 + 5 = 9. Check: 9 - 5 = 4. </think>", " 4 + 5 = 9. </think>"])
-    {'recheck': 0.5, 'terse': 0.5}
+    {'lang_mix': 0.0, 'recheck': 0.5, 'terse': 0.5}
     """
-    reasonings = [reasoning_of(t) for t in texts]
-    return {"recheck": mean([rechecks(r) for r in reasonings]), "terse": mean([is_terse(r) for r in reasonings])}
+    thoughts = [reasoning_of(t) for t in texts]
+    return {"lang_mix": mean([is_mixed(language_consistency(r, language)) for r in thoughts]),
+            "recheck": mean([rechecks(r) for r in thoughts]), "terse": mean([is_terse(r) for r in thoughts])}
 
 
 def mean(values: Sequence[float]) -> float:
@@ -98,16 +100,16 @@ def score_group(texts: Sequence[str], lengths: Sequence[int], finished: Sequence
     answers = [extract(t) for t in texts]
     task, numbers = row.get("task"), row.get("numbers")
     correct = [check_answer(a, row["answer"], task, numbers) for a in answers]
-    consistency = [language_consistency(reasoning_of(t), language) for t in texts]
+    seen = behaviour(texts, language)
     return {
         "pass@1": mean(correct),
         "cons@k": float(check_answer(majority_vote(answers), row["answer"], task, numbers)),
         "format": mean(format_reward(list(texts))),
-        "lang_mix": mean([is_mixed(c) for c in consistency]),
+        "lang_mix": seen.pop("lang_mix"),
         "answered": mean([a is not None for a in answers]),
         "truncated": mean([not f for f in finished]),
         "length": mean(lengths),
-    } | behaviour(texts)
+    } | seen
 
 
 class EvalMetrics:

@@ -30,9 +30,9 @@ from r1lab.infra.deepspeed import copy_weights, deepspeed_engine, gathered_for_g
 from r1lab.infra.hf import check_model_dir, load_model, load_tokenizer
 from r1lab.infra.peft import AdaptersDisabled, LoraConfig, apply_peft
 from r1lab.maths.dynamic_sampling import DynamicSampling, first_informative, round_seed
-from r1lab.maths.formats import Template, reasoning_of
-from r1lab.maths.metrics import behaviour, is_mixed, mean
-from r1lab.maths.rewards import check_failures, language_consistency, weighted_rewards
+from r1lab.maths.formats import Template
+from r1lab.maths.metrics import behaviour
+from r1lab.maths.rewards import check_failures, weighted_rewards
 from r1lab.maths.rl import (
     group_advantages,
     grpo_loss,
@@ -209,10 +209,8 @@ class GRPOModule(L.LightningModule):
         stats |= rollout_stats(drawn.rewards, lengths, finished, hp.sampling.n, drawn.per_reward,
                                drawn.columns.get("kind"))
         stats |= {"gen_tokens_per_s": lengths.sum() / drawn.gen_time,
-                  "reward_errors": torch.tensor(float(drawn.errors)),  # checker errors, timeouts, unjudged golds
-                  "lang_mix": torch.tensor(mean([is_mixed(language_consistency(reasoning_of(t), hp.language))
-                                                 for t in texts]))}
-        stats |= {name: torch.tensor(share) for name, share in behaviour(texts).items()}
+                  "reward_errors": torch.tensor(float(drawn.errors))}  # checker errors, timeouts, unjudged golds
+        stats |= {name: torch.tensor(share) for name, share in behaviour(texts, hp.language).items()}
         self._maybe_log_completions(texts, drawn.rewards.tolist(), drawn.columns)
         rollout, n_micro, rows = self._pack_trained(trained, n_micro, stats.get("informative_groups"))
         stats["trained_frac"] = torch.tensor(rows / len(texts))
