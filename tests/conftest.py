@@ -64,7 +64,7 @@ class ScriptedRollout:
         from r1lab.maths.formats import render_chat
         self.rows = {render_chat(row["prompt"], tokenizer): row for row in rows}
 
-    def generate(self, prompts: list[str], sampling) -> list[list]:
+    def generate(self, prompts: list[str], sampling, done=None) -> list[list]:
         from r1lab.rollout.engine import Completion
         return [[Completion(text, [1], True) for text in scripted_samples(self.rows[p])[:sampling.n]] for p in prompts]
 

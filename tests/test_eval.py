@@ -140,7 +140,7 @@ class OracleEngine:
     def __init__(self, answers: dict[str, str]):
         self.answers = answers
 
-    def generate(self, prompts: list[str], sampling: SamplingConfig) -> list[list[Completion]]:
+    def generate(self, prompts: list[str], sampling: SamplingConfig, done=None) -> list[list[Completion]]:
         def sample(prompt: str, j: int) -> Completion:
             text = r1("so I think", self.answers[prompt] if j < sampling.n - 1 else "wrong")
             return Completion(text=text, token_ids=[1] * 5, finished=True)

@@ -33,7 +33,7 @@ class StubEngine:
     def __init__(self, tokenizer, rows: list[dict], general: dict[str, list[str]]):
         self.rows, self.general = {render_chat(r["prompt"], tokenizer): r for r in rows}, general
 
-    def generate(self, prompts: list[str], sampling: SamplingConfig) -> list[list[Completion]]:
+    def generate(self, prompts: list[str], sampling: SamplingConfig, done=None) -> list[list[Completion]]:
         def texts(row: dict) -> list[str]:
             if row["kind"] == "general":
                 return self.general[row["id"]]

@@ -94,7 +94,7 @@ def test_evaluation_reports_its_prompts_without_changing_samples(world_dir, toke
     counted = evaluate(*args, progress=Progress("eval_tiny", len(rows), path, unit="prompt", every_s=0))
     assert counted["samples"] == plain["samples"] and counted["metrics"] == plain["metrics"]
     done = [line.split()[2] for line in capsys.readouterr().out.splitlines() if line.startswith("[eval_tiny]")]
-    assert done == ["0/5", "5/5"]                                          # started, then all generated
+    assert done == ["0/5", "2/5", "4/5", "5/5", "5/5"]                     # started, each batch of 2, the end
     assert json.loads(path.read_text())["step"] == 5
 
 

@@ -74,6 +74,14 @@ def test_sampling_shapes_and_seeds(setup):
         engine.generate(PROMPTS, SamplingConfig(n=0))
 
 
+def test_done_hears_each_prompt_as_it_finishes_and_samples_stay_the_same(setup):
+    """Evaluations and rejection sampling show live progress from `done`; counting must not change what is drawn."""
+    _, _, engine = setup
+    sampling, heard = SamplingConfig(n=4, temperature=1.0, max_new_tokens=10, seed=3), []
+    assert engine.generate(PROMPTS, sampling, done=heard.append) == engine.generate(PROMPTS, sampling)
+    assert heard == [1, 2, 3]
+
+
 def test_update_weights_after_an_optimiser_step_reaches_the_sampler(setup):
     """One real step on a fixed completion, then the engine's log-probs (of that completion, and of new samples from
     the same, prefix-cached prompt) equal the trained model's HF forward and differ from the untrained ones."""

@@ -48,7 +48,7 @@ def evaluate(model_dir: str, rows: list[dict], template: Template, rollout_facto
 
     rollout_factory(model=, tokenizer=) -> engine (e.g. a partial of HFRollout). Returns {"metrics": name -> value,
     "speed": generation timing, "samples": the completions of the first `n_samples` prompts of each kind}.
-    `progress` reports the prompts generated (none, then all: the engine generates them in one call).
+    `progress` reports the prompts generated as the engine finishes them.
     """
     check_rows(rows)
     checked, judged = split_kinds(rows, bool(judges))
@@ -59,7 +59,7 @@ def evaluate(model_dir: str, rows: list[dict], template: Template, rollout_facto
     progress = progress or Progress("eval", len(prompts), echo=False)   # default: reported nowhere
     progress.update(0)
     start = time.perf_counter()
-    groups = engine.generate(prompts, replace(sampling, n=k))                     # [len(rows)][k]
+    groups = engine.generate(prompts, replace(sampling, n=k), done=progress.update)   # [len(rows)][k]
     seconds = time.perf_counter() - start
     progress.update(len(prompts), final=True)
     metrics, samples = EvalMetrics(k), []

@@ -70,9 +70,11 @@ def sample_rows(row: dict, index: int, texts: list[str], filters: dict[str, Filt
 
 
 def sample_shard(rows: list[dict], start: int, engine: RolloutEngine, render: Callable[[str], str],
-                 sampling: SamplingConfig, filters: dict[str, Filter], m: int, keep: str) -> tuple[list[dict], Counter]:
-    """Generate `sampling.n` samples for each row of one shard (rows[0] is prompt number `start`), filter and keep."""
-    groups = engine.generate([render(row["prompt"]) for row in rows], sampling)  # [len(rows)][k]
+                 sampling: SamplingConfig, filters: dict[str, Filter], m: int, keep: str,
+                 done: Callable[[int], None] | None = None) -> tuple[list[dict], Counter]:
+    """Generate `sampling.n` samples for each row of one shard (rows[0] is prompt number `start`), filter and keep;
+    `done(k)` hears how many of the shard's prompts are sampled."""
+    groups = engine.generate([render(row["prompt"]) for row in rows], sampling, done)  # [len(rows)][k]
     kept, counts = [], Counter()
     for i, (row, group) in enumerate(zip(rows, groups, strict=True)):
         out, c = sample_rows(row, start + i, [s.text for s in group], filters, m, keep, sampling.seed)
@@ -184,7 +186,8 @@ def run(cfg: DictConfig, rollout_factory: Callable[..., RolloutEngine] | None = 
 
     def sample(part: list[dict], start: int, index: int) -> tuple[list[dict], Counter]:
         return sample_shard(part, start, engine, lambda p: template.render(p, tokenizer=tokenizer),
-                            replace(sampling, seed=sampling.seed + index), filters, cfg.m, cfg.keep)
+                            replace(sampling, seed=sampling.seed + index), filters, cfg.m, cfg.keep,
+                            done=lambda k: progress.update(start + k))
 
     totals = Counter(dict.fromkeys(["samples", "accepted", *filters, "over_cap"], 0))
     progress = Progress(cfg.task_name, len(rows), hydra_run_file(), unit="prompt", echo=False)  # tqdm shows it

@@ -49,8 +49,10 @@ class SamplingConfig:
 
 
 class RolloutEngine(Protocol):
-    def generate(self, prompts: list[str], sampling: SamplingConfig) -> list[list[Completion]]:
-        """Completions as [len(prompts)][sampling.n]."""
+    def generate(self, prompts: list[str], sampling: SamplingConfig,
+                 done: Callable[[int], None] | None = None) -> list[list[Completion]]:
+        """Completions as [len(prompts)][sampling.n]; `done(k)` is told, as they finish, how many prompts have all
+        their completions (for a progress line)."""
         ...
 
 
@@ -190,7 +192,8 @@ class HFRollout:
         if model is not self.model:
             raise ValueError("HFRollout generates with the model it was built with; build a new one for another model")
 
-    def generate(self, prompts: list[str], sampling: SamplingConfig) -> list[list[Completion]]:
+    def generate(self, prompts: list[str], sampling: SamplingConfig,
+                 done: Callable[[int], None] | None = None) -> list[list[Completion]]:
         if sampling.n < 1 or sampling.max_new_tokens < 1:
             raise ValueError(f"SamplingConfig needs n >= 1 and max_new_tokens >= 1, got {sampling}")
         config, eos, device = self.generation_config(sampling), eos_ids(self.model, self.tokenizer), self.model.device
@@ -204,6 +207,8 @@ class HFRollout:
                 torch.manual_seed(sampling.seed)  # same seed, same prompts and batch size -> same completions
                 for batch in chunks(prompts, self.batch_size):
                     out.extend(self._generate_batch(batch, sampling, config, eos))
+                    if done:
+                        done(len(out))
         finally:
             self.model.train(was_training)
         return out

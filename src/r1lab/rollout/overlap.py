@@ -124,16 +124,22 @@ class OverlappedRollout:
         self.ready.result()
         return self.ready
 
-    def generate(self, prompts: list[str], sampling: SamplingConfig) -> list[list[Completion]]:
-        """The ready batch's samples (the prompts must be its own), else samples drawn now with the sampler."""
+    def generate(self, prompts: list[str], sampling: SamplingConfig,
+                 done: Callable[[int], None] | None = None) -> list[list[Completion]]:
+        """The ready batch's samples (the prompts must be its own), else samples drawn now with the sampler; `done`
+        hears of all the prompts at once."""
         if self.ready is None:
             self.wait()
-            return self._sample(prompts, sampling)
-        ready, self.ready = self.ready, None
-        if ready.prompts != prompts:
-            raise RuntimeError("OverlappedRollout: the prompts to sample are not those of the batch taken for training "
-                               f"(first: {prompts[:1]!r} vs {ready.prompts[:1]!r})")
-        return ready.result()
+            groups = self._sample(prompts, sampling)
+        else:
+            ready, self.ready = self.ready, None
+            if ready.prompts != prompts:
+                raise RuntimeError("OverlappedRollout: the prompts to sample are not those of the batch taken for "
+                                   f"training (first: {prompts[:1]!r} vs {ready.prompts[:1]!r})")
+            groups = ready.result()
+        if done:
+            done(len(groups))
+        return groups
 
     def wait(self) -> None:
         """Block until the worker has sampled everything submitted."""

@@ -22,9 +22,12 @@ correction compares the two at temperature 1 whatever the sampling temperature.
 import os
 import random
 import tempfile
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from r1lab.infra.deepspeed import gathered
@@ -62,6 +65,24 @@ def named_weights(model: PreTrainedModel) -> list[tuple[str, torch.Tensor]]:
     if head is not None and "lm_head.weight" not in dict(weights):
         weights.append(("lm_head.weight", head.weight.detach()))
     return weights
+
+
+class FinishedPrompts(tqdm):
+    """The bar vLLM's `generate(use_tqdm=...)` advances as requests finish, telling `done` how many prompts have
+    finished so far (vLLM advances it by a request's samples); it draws nothing."""
+
+    def __init__(self, *args, done: Callable[[int], None], **kwargs):
+        self.done, self.prompts, self.sink = done, 0, open(os.devnull, "w")
+        super().__init__(*args, file=self.sink, **kwargs)
+
+    def update(self, n: int = 1) -> bool | None:
+        self.prompts += 1
+        self.done(self.prompts)
+        return super().update(n)
+
+    def close(self) -> None:
+        super().close()
+        self.sink.close()
 
 
 class VLLMRollout:
@@ -108,7 +129,8 @@ class VLLMRollout:
             self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": named_weights(model)})
         self.llm.reset_prefix_cache()
 
-    def generate(self, prompts: list[str], sampling: SamplingConfig) -> list[list[Completion]]:
+    def generate(self, prompts: list[str], sampling: SamplingConfig,
+                 done: Callable[[int], None] | None = None) -> list[list[Completion]]:
         from vllm import SamplingParams
 
         if sampling.n < 1 or sampling.max_new_tokens < 1:
@@ -121,7 +143,8 @@ class VLLMRollout:
                                  include_stop_str_in_output=True, detokenize=bool(sampling.stop),
                                  skip_special_tokens=False, logprobs=0 if self.logprobs else None) for seed in seeds]
         encoded = self.tokenizer(prompts, add_special_tokens=False).input_ids  # renderers add bos/chat tokens
-        outputs = self.llm.generate([{"prompt_token_ids": ids} for ids in encoded], params, use_tqdm=False)
+        outputs = self.llm.generate([{"prompt_token_ids": ids} for ids in encoded], params,
+                                    use_tqdm=partial(FinishedPrompts, done=done) if done else False)
         return [[self._completion(c, eos, sampling.stop) for c in sorted(out.outputs, key=lambda c: c.index)]
                 for out in outputs]
 
