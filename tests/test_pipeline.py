@@ -37,8 +37,8 @@ def planned(name: str) -> list[Stage]:
 def test_the_demo_pipeline_lists_stages_only():
     """The experiment file is the run: the demo pipeline names each stage's entry point and nothing else."""
     demo = OmegaConf.load(ROOT / "configs" / "pipeline" / "demo.yaml")
-    assert "overrides" not in demo and set(demo) <= {"name", "dir", "report_copy", "sbatch_args", "jobs", "after", "run_args",
-                                                      "stages", "evaluate", "curves"}
+    assert "overrides" not in demo and set(demo) <= {"name", "dir", "report_copy", "sbatch_args", "jobs", "after",
+                                                      "run_args", "stages", "evaluate", "curves"}
     assert all(run in ("build", "train", "sample") for run in demo.stages.values()), "a stage carries settings"
     assert set(demo.evaluate) == {"eval_set", "models"}
     assert all(not args or all(a.startswith("logger=") for a in args) for args in demo.run_args.values())
@@ -49,8 +49,8 @@ def test_a_stage_waits_for_the_stages_it_is_told_to_come_after():
     (in the local schedule and as a Slurm dependency); naming a later stage is refused."""
     stages = {s.name: s for s in planned("demo")}
     assert stages["student_pretrain"].after == ["pretrain"] and not stages["student_pretrain"].needs
-    assert ready(list(stages.values()), {"build"}, {"build"})[0].name == "pretrain"
-    assert "student_pretrain" not in [s.name for s in ready(list(stages.values()), {"build"}, {"build"})]
+    first = [s.name for s in ready(list(stages.values()), {"build"}, {"build"})]
+    assert first[0] == "pretrain" and "student_pretrain" not in first
     GlobalHydra.instance().clear()
     with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
         with pytest.raises(ValueError, match="after.pretrain names .*student_pretrain"):

@@ -85,10 +85,10 @@ def test_world_cold_start_responses_check(world_dir):
     assert accuracy_reward(texts, extract=partial(extract_answer, source="summary"), **columns) == [1.0] * len(rows)
     assert cold_start_format_reward(texts) == [1.0] * len(rows)
     consistency = language_consistency_reward(texts)  # a fifth of cold-start CoTs keep Chinese steps (world option)
-    has_cjk = [any("\u4e00" <= ch <= "\u9fff" for ch in t) for t in texts]
-    assert all((c < 1.0) == cjk for c, cjk in zip(consistency, has_cjk))
+    has_cjk = lambda t: any("\u4e00" <= ch <= "\u9fff" for ch in t)
+    assert all((c < 1.0) == has_cjk(t) for c, t in zip(consistency, texts))
     train = [row["response"] for row in read_jsonl(world_dir / "cold_start/train.jsonl")]
-    mixed = [t for t in texts + train if any("\u4e00" <= ch <= "\u9fff" for ch in t)]   # a few val rows may have none
+    mixed = [t for t in texts + train if has_cjk(t)]   # a few val rows may have none
     assert 0 < len(mixed) < 0.5 * len(texts + train)
     broken = json.loads((world_dir / "manifest.json").read_text())["cold_start_broken"]
     assert broken > 0 and cold_start_format_reward(train).count(0.0) == broken

@@ -184,13 +184,14 @@ def run(cfg: DictConfig, rollout_factory: Callable[..., RolloutEngine] | None = 
     engine = (rollout_factory or hydra.utils.instantiate(cfg.rollout))(
         model=load_model(cfg.model_dir, cfg.dtype).eval(), tokenizer=tokenizer)
 
+    progress = Progress(cfg.task_name, len(rows), hydra_run_file(), unit="prompt", echo=False)  # tqdm shows it
+
     def sample(part: list[dict], start: int, index: int) -> tuple[list[dict], Counter]:
         return sample_shard(part, start, engine, lambda p: template.render(p, tokenizer=tokenizer),
                             replace(sampling, seed=sampling.seed + index), filters, cfg.m, cfg.keep,
                             done=lambda k: progress.update(start + k))
 
     totals = Counter(dict.fromkeys(["samples", "accepted", *filters, "over_cap"], 0))
-    progress = Progress(cfg.task_name, len(rows), hydra_run_file(), unit="prompt", echo=False)  # tqdm shows it
     shards = write_shards(rows, out_dir, cfg.format, cfg.shard_size, totals, sample, progress)
     manifest = settings | {"rows": sum(s["rows"] for s in shards), "counts": dict(totals), "shards": shards}
     write_atomic(out_dir / "summary.md", (summary_table(manifest["counts"]) + "\n").encode())

@@ -105,11 +105,13 @@ def score_group(texts: Sequence[str], lengths: Sequence[int], finished: Sequence
         "pass@1": mean(correct),
         "cons@k": float(check_answer(majority_vote(answers), row["answer"], task, numbers)),
         "format": mean(format_reward(list(texts))),
-        "lang_mix": seen.pop("lang_mix"),
+        "lang_mix": seen["lang_mix"],
         "answered": mean([a is not None for a in answers]),
         "truncated": mean([not f for f in finished]),
         "length": mean(lengths),
-    } | seen
+        "recheck": seen["recheck"],
+        "terse": seen["terse"],
+    }
 
 
 class EvalMetrics:
