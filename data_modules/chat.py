@@ -17,17 +17,11 @@ from functools import partial
 import torch
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info
-from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
+from torch.utils.data import DataLoader
 
-from data_modules.common import (
-    BucketBatchSampler,
-    SplitLoaders,
-    bucket_batches,
-    padding_fraction,
-)
+from data_modules.common import SplitLoaders, bucket_batches, bucketed_loader, padding_fraction
 from r1lab.data.encode import encode_chat_rows, pad_batch
 from r1lab.data.io import DataError, RowFormat, read_rows
-from r1lab.infra.resume import ResumableDataLoader
 
 Files = str | Sequence[str]
 
@@ -96,15 +90,8 @@ class ChatDataModule(SplitLoaders, LightningDataModule):
         if split not in self.examples:
             raise RuntimeError(f"{type(self).__name__}: call setup() before asking for the {split} dataloader")
         data = self.examples[split]
-        if shuffle:
-            sampler = RandomSampler(data, generator=torch.Generator().manual_seed(self.seed))
-        else:
-            sampler = SequentialSampler(data)
-        batches = BucketBatchSampler(sampler, self.batch_size, drop_last=False,
-                                     lengths=[len(e["input_ids"]) for e in data], shuffle=shuffle, seed=self.seed)
-        loader = ResumableDataLoader if shuffle else DataLoader  # a training loader's position is checkpointed
-        return loader(data, batch_sampler=batches, num_workers=self.num_workers,
-                      collate_fn=partial(pad_batch, pad_id=self.tokenizer.pad_token_id))
+        return bucketed_loader(data, [len(e["input_ids"]) for e in data], self.batch_size, shuffle, self.seed,
+                               self.num_workers, partial(pad_batch, pad_id=self.tokenizer.pad_token_id))
 
 
 

@@ -5,12 +5,13 @@
   block-diagonal mask is slower still there (dense attention over the packed row).
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Sampler
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sampler, SequentialSampler
 
 from r1lab.infra.hf import load_tokenizer
+from r1lab.infra.resume import ResumableDataLoader
 
 
 def bucket_batches(indices: Sequence[int], lengths: Sequence[int], batch_size: int, chunk_batches: int = 50,
@@ -63,6 +64,16 @@ class BucketBatchSampler(BatchSampler):
         indices = list(self.sampler)
         yield from bucket_batches(indices, self.lengths, self.batch_size, self.chunk_batches, self.drop_last,
                                   self.generator if self.shuffle else None)
+
+
+def bucketed_loader(data: Sequence, lengths: Sequence[int], batch_size: int, shuffle: bool, seed: int,
+                    num_workers: int, collate_fn: Callable) -> DataLoader:
+    """A loader of length-bucketed batches of `data` (`lengths[i]`: the positions row i pads its batch to). Training
+    (`shuffle`) draws a seeded random order and keeps its place in a checkpoint; validation reads in order."""
+    sampler = RandomSampler(data, generator=torch.Generator().manual_seed(seed)) if shuffle else SequentialSampler(data)
+    batches = BucketBatchSampler(sampler, batch_size, drop_last=False, lengths=lengths, shuffle=shuffle, seed=seed)
+    loader = ResumableDataLoader if shuffle else DataLoader  # a training loader's position is checkpointed
+    return loader(data, batch_sampler=batches, num_workers=num_workers, collate_fn=collate_fn)
 
 
 class SplitLoaders:

@@ -10,7 +10,8 @@ and 0: the layout `r1lab.stages.reward_model.bradley_terry_loss` pairs up. `Poin
 (prompt, response, label) rows, label 1 for good (or safe), 0 for bad (soft labels in between allowed).
 Rows come through r1lab.data.io.read_rows (jsonl, parquet, `datasets`; `columns_map` renames), so a bad row fails with
 file, line and field; a row (a pair, if either side is) longer than `max_length` tokens is dropped and counted, never
-truncated. Simplification: no length bucketing; everything is tokenised up front in `setup()`.
+truncated. Batches are length-bucketed (a random pair of lengths 40 and 180 wastes most of a batch on padding);
+everything is tokenised up front in `setup()`.
 """
 
 from collections.abc import Sequence
@@ -21,10 +22,9 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
-from data_modules.common import SplitLoaders
+from data_modules.common import SplitLoaders, bucketed_loader
 from r1lab.data.encode import encode_chat, pad_right
 from r1lab.data.io import DataError, read_rows
-from r1lab.infra.resume import ResumableDataLoader
 
 Files = str | Sequence[str]
 
@@ -96,11 +96,10 @@ class PreferenceDataModule(SplitLoaders, LightningDataModule):
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         if split not in self.examples:
             raise RuntimeError(f"{type(self).__name__}: call setup() before asking for the {split} dataloader")
-        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
-        loader = ResumableDataLoader if shuffle else DataLoader  # a training loader's position is checkpointed
-        return loader(self.examples[split], batch_size=self.batch_size, shuffle=shuffle, generator=generator,
-                          num_workers=self.num_workers,
-                          collate_fn=partial(preference_batch, pad_id=self.tokenizer.pad_token_id))
+        data = self.examples[split]   # a batch pads every response to its longest: bucket by each row's longest
+        collate = partial(preference_batch, pad_id=self.tokenizer.pad_token_id)
+        return bucketed_loader(data, [max(map(len, e["input_ids"])) for e in data], self.batch_size, shuffle,
+                               self.seed, self.num_workers, collate)
 
 
 

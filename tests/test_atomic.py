@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from r1lab.infra import atomic
-from r1lab.infra.atomic import AtomicCheckpointIO, replace_dir, write_atomic
+from r1lab.infra.atomic import replace_dir, write_atomic
+from r1lab.infra.callbacks import AtomicCheckpointIO
 from r1lab.infra.hf import COMPLETE, check_model_dir, load_model, load_tokenizer, save_pretrained_atomic
 
 
@@ -40,7 +41,7 @@ def test_checkpoint_write_interrupted_halfway_keeps_the_old_checkpoint(tmp_path,
         f.write(b"PK\x03\x04 partial zip")
         raise Killed
 
-    monkeypatch.setattr(atomic.torch, "save", half_save)
+    monkeypatch.setattr(torch, "save", half_save)
     with pytest.raises(Killed):
         io.save_checkpoint({"global_step": 2, "w": torch.zeros(1000)}, path)
     monkeypatch.undo()
@@ -51,7 +52,7 @@ def test_checkpoint_write_interrupted_halfway_keeps_the_old_checkpoint(tmp_path,
 
 WRITER = """
 import sys, torch
-from r1lab.infra.atomic import AtomicCheckpointIO
+from r1lab.infra.callbacks import AtomicCheckpointIO
 io, i = AtomicCheckpointIO(), 0
 while True:
     i += 1

@@ -170,7 +170,7 @@ def test_rejection_sampled_sft_reads_general_and_val_rows_through_formats(tmp_pa
                        "+data/format@data.general_format=messages_chat",
                        "+data/format@data.val_format=gsm8k_cold_start")
     assert (data.stats["train"]["kept"], data.stats["general"]["kept"], data.stats["val"]["kept"]) == (6, 4, 6)
-    assert next(iter(data.train_dataloader()))["input_ids"].shape[0] == 4
+    assert [part["input_ids"].shape[0] for part in next(iter(data.train_dataloader()))] == [3, 1]   # reasoning, general
 
 
 def test_mixed_rl_prompts_read_gsm8k_reasoning_rows_and_chat_general_rows(tmp_path, tokenizer_dir):

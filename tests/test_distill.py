@@ -11,6 +11,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from r1lab.data.encode import pad_batch, pad_parts
 from r1lab.stages.distill import DistillModule, forward_kl, generalized_jsd, reverse_kl
 from r1lab.stages.sft import SFTModule
 
@@ -145,6 +146,22 @@ def test_kd_term_is_the_configured_loss_on_assistant_tokens(tokenizer_dir, teach
     itself = DistillModule(str(tokenizer_dir), ADAMW, teacher_path=str(tokenizer_dir), kd_weight=0.25, kd_loss=kd_loss)
     itself.configure_model()
     assert itself._loss(batch)[2]["kd"].item() == 0.0           # its own teacher: nothing to distil
+
+
+@pytest.mark.parametrize("kd_weight", [0.0, 0.25])
+def test_a_batch_in_parts_has_the_loss_of_the_rows_padded_together(tokenizer_dir, teacher_dir, kd_weight):
+    """Rejection SFT pads its reasoning and its general rows apart (data_modules/rejection.py): the loss and every
+    logged term must be the token means of the whole batch, as if the rows were padded together."""
+    module = DistillModule(str(tokenizer_dir), ADAMW, teacher_path=str(teacher_dir), kd_weight=kd_weight)
+    module.configure_model()
+    rows = [{"input_ids": list(range(10, 10 + n)), "labels": [-100] * 4 + list(range(14, 10 + n))} for n in (12, 9, 6)]
+    together = module._loss(pad_batch(rows, pad_id=0))
+    apart = module._loss(pad_parts(rows, pad_id=0, sizes=[2, 1]))
+    assert apart[1] == together[1] == 8 + 5 + 2
+    assert apart[0].item() == pytest.approx(together[0].item(), rel=1e-5)
+    assert apart[2].keys() == together[2].keys() == ({"ce", "kd"} if kd_weight else {"ce"})
+    for name in apart[2]:
+        assert apart[2][name].item() == pytest.approx(together[2][name].item(), rel=1e-5)
 
 
 class TeacherProbe(L.Callback):

@@ -22,7 +22,9 @@ class TokenLedger(L.Callback):
         self.out_dir = Path(out_dir)
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
-        rows = [ids[mask.bool()].tolist() for ids, mask in zip(batch["input_ids"], batch["attention_mask"])]
+        parts = batch if isinstance(batch, list) else [batch]   # rejection SFT pads its two kinds apart
+        rows = [ids[mask.bool()].tolist() for part in parts
+                for ids, mask in zip(part["input_ids"], part["attention_mask"])]
         record = {"epoch": trainer.current_epoch, "step": trainer.global_step, "rank": trainer.global_rank,
                   "ids": [fingerprint(r) for r in rows]}
         self.out_dir.mkdir(parents=True, exist_ok=True)

@@ -103,3 +103,13 @@ def test_importing_r1lab_changes_nothing_in_the_process():
     env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "R1LAB_ROOT")}
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_evaluation_and_sampling_start_without_lightning():
+    """r1lab.eval and r1lab.sample run in a process of their own per model (nine in the demo): Lightning, which only
+    training uses, would add seconds to each start."""
+    code = ("import sys, r1lab.eval, r1lab.sample, r1lab.pipeline\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'lightning'))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "[]", result.stdout[:500]

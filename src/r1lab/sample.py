@@ -26,8 +26,8 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from data_modules.prompts import drop_long_prompts, prompt_row_problem
 from r1lab.data.io import COLUMNS, DataError, read_rows, select_rows, spread
+from r1lab.data.prompt_rows import drop_long_prompts, prompt_row_problem
 from r1lab.infra.atomic import remove_stale_tmp, write_atomic  # manifests, counts and shards: whole or absent
 from r1lab.infra.hf import load_model, load_tokenizer
 from r1lab.infra.progress import Progress, hydra_run_file

@@ -64,6 +64,20 @@ def pad_batch(examples: Sequence[dict], pad_id: int) -> dict[str, torch.Tensor]:
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
+def pad_parts(examples: Sequence[dict], pad_id: int, sizes: Sequence[int]) -> list[dict[str, torch.Tensor]]:
+    """`examples` cut into consecutive parts of `sizes` rows, each part right-padded to its own longest row: a mixed
+    batch of long reasoning rows and short general ones then pads no general row to a reasoning row's length.
+
+    >>> parts = pad_parts([{"input_ids": [5, 6, 7], "labels": [5, 6, 7]}, {"input_ids": [8], "labels": [8]}], 0, [1, 1])
+    >>> [p["input_ids"].tolist() for p in parts]
+    [[[5, 6, 7]], [[8]]]
+    """
+    if sum(sizes) != len(examples):
+        raise ValueError(f"pad_parts: parts of {list(sizes)} rows do not cut a batch of {len(examples)}")
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    return [pad_batch(examples[s:s + n], pad_id) for s, n in zip(starts, sizes)]
+
+
 def pad_right(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-padded ids [B, T] and attention mask [B, T] (positions of real tokens do not depend on the batch).
 

@@ -3,7 +3,7 @@ never a partial one under the final name.
 
 - `write_atomic(path, data)`: bytes, or a function that writes to an open binary file, to a temporary sibling in the
   same directory (so the rename never crosses filesystems), fsync'ed, then `os.replace`d over `path`.
-- `AtomicCheckpointIO`: Lightning's checkpoint writer, the same way (set as a trainer plugin in
+- `r1lab.infra.callbacks.AtomicCheckpointIO`: Lightning's checkpoint writer, the same way (set as a trainer plugin in
   configs/trainer/default.yaml). Lightning's own `TorchCheckpointIO` writes through an fsspec transaction whose
   temporary file lives in the system temp directory: when that is another filesystem than the checkpoint directory
   (a local /tmp, checkpoints on a shared disk), the final "move" is a copy into the final name, and a kill during the
@@ -22,9 +22,6 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-import torch
-from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 
 def _fsync_dir(path: Path) -> None:
@@ -84,17 +81,6 @@ def write_atomic(path: str | os.PathLike, data: bytes | Callable[[Any], None]) -
         raise
     _fsync_dir(path.parent)
     return path
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """`torch.save` to a temporary file next to the checkpoint, fsync, rename (local paths; others as Lightning)."""
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
-        if "://" in str(path):
-            return super().save_checkpoint(checkpoint, path, storage_options)
-        if storage_options is not None:
-            raise TypeError(f"{type(self).__name__} does not take storage_options")
-        write_atomic(path, lambda f: torch.save(checkpoint, f))
 
 
 _RENAME_EXCHANGE = 2

@@ -1,7 +1,7 @@
 """Numeric guards: an optimiser step whose loss or gradient is not finite is skipped and counted; several in a row
 stop the run.
-`first_nonfinite` names the first tensor holding a NaN or infinity: model loading refuses such weights before
-training (r1lab.infra.hf.load_model) and no export writes them (save_pretrained_atomic).
+Weights are guarded too: `r1lab.infra.hf.first_nonfinite` names the first tensor holding a NaN or infinity, so model
+loading refuses such weights before training and no export writes them.
 
 `NonFiniteGuard` is a callback, so SFT (automatic optimisation) and GRPO (manual, `_optimise`) share it: Lightning
 calls `on_before_backward` with every loss that is backpropagated and `on_before_optimizer_step` before every
@@ -19,22 +19,6 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 class NonFiniteError(RuntimeError):
     pass
-
-
-def first_nonfinite(named_tensors) -> str | None:
-    """The name of the first floating-point tensor holding a NaN or an infinity, or None when all are finite.
-    A ZeRO-3 parameter is checked through its local shard (`ds_tensor`): each rank checks what it holds.
-
-    >>> first_nonfinite({"a": torch.ones(2), "ids": torch.tensor([1]), "b": torch.tensor([0.0, float("inf")])}.items())
-    'b'
-    >>> first_nonfinite([("w", torch.zeros(3))]) is None
-    True
-    """
-    for name, tensor in named_tensors:
-        tensor = getattr(tensor, "ds_tensor", tensor)
-        if tensor.is_floating_point() and tensor.numel() and not bool(torch.isfinite(tensor).all()):
-            return name
-    return None
 
 
 def grads_finite(parameters) -> bool:

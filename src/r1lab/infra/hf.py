@@ -16,7 +16,6 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from r1lab.infra.atomic import replace_dir
 from r1lab.infra.deepspeed import zero3_loading
-from r1lab.infra.guards import first_nonfinite
 
 COMPLETE = ".complete"  # marker written last: a directory without it is a half-written export
 
@@ -27,6 +26,22 @@ class WeightsError(ValueError):
 
 WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 TOKENIZER = ("tokenizer.json", "tokenizer.model", "vocab.json")
+
+
+def first_nonfinite(named_tensors) -> str | None:
+    """The name of the first floating-point tensor holding a NaN or an infinity, or None when all are finite.
+    A ZeRO-3 parameter is checked through its local shard (`ds_tensor`): each rank checks what it holds.
+
+    >>> first_nonfinite({"a": torch.ones(2), "ids": torch.tensor([1]), "b": torch.tensor([0.0, float("inf")])}.items())
+    'b'
+    >>> first_nonfinite([("w", torch.zeros(3))]) is None
+    True
+    """
+    for name, tensor in named_tensors:
+        tensor = getattr(tensor, "ds_tensor", tensor)
+        if tensor.is_floating_point() and tensor.numel() and not bool(torch.isfinite(tensor).all()):
+            return name
+    return None
 
 
 def check_model_dir(path: str | os.PathLike, parts: tuple[str, ...] = ("config", "weights", "tokenizer")) -> Path:

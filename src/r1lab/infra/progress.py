@@ -3,8 +3,8 @@
 - `Progress`: counts steps (or prompts) done out of a total and, at most every `every_s` seconds and at the end, writes
   `progress.json` ({"unit", "step", "total", "elapsed_s", "remaining_s", "metric", "value", "updated"}, atomically)
   and optionally prints one line: `[pretrain] step 250/1000  2.1 min elapsed  ~6.3 min left  train/loss 2.314`.
-- `ProgressLine`: the Lightning callback doing so for a training run (configs/callbacks/progress.yaml); r1lab.sample
-  and r1lab.eval use `Progress` directly, counting prompts.
+- `r1lab.infra.callbacks.ProgressLine` does so for a training run (configs/callbacks/progress.yaml); r1lab.sample
+  and r1lab.eval use `Progress` directly, counting prompts, and so never import Lightning.
 - `Board`: the pipeline's terminal. While a stage's process runs, it reads `<stage_dir>/progress.json` every `poll_s`
   and shows it on the stage's line: rewritten in place on a terminal running one stage, else as full lines at most
   every `every_s` seconds and only when changed; lines of concurrent stages (threads) never mix.
@@ -23,7 +23,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TextIO
 
-import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
@@ -140,37 +139,6 @@ class Progress:
         if self.echo:
             print(progress_line(record, self.task), flush=True)
         return record
-
-
-class ProgressLine(L.Callback):
-    """Reports the training step (of `trainer.max_steps`, else the estimated steps) and the first of `metrics` found
-    in `trainer.callback_metrics` after each batch, at most every `every_s` seconds, and at the end; rank zero only.
-    `progress.json` goes to `out_dir` (default: `trainer.default_root_dir`). On a terminal where Lightning's progress
-    bar is on, the bar shows the same live and no line is printed (the file is still written)."""
-
-    def __init__(self, task: str, every_s: float = 10.0, metrics: list[str] | None = None, out_dir: str | None = None):
-        self.task, self.every_s, self.metrics, self.out_dir = task, every_s, list(metrics or []), out_dir
-        self.progress: Progress | None = None
-
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not trainer.is_global_zero:
-            return
-        estimated = None if trainer.max_steps > 0 else trainer.estimated_stepping_batches   # inf: no length known
-        bar = trainer.progress_bar_callback is not None and sys.stdout.isatty()
-        self.progress = Progress(self.task, total_steps(trainer.max_steps, estimated),
-                                 Path(self.out_dir or trainer.default_root_dir) / FILE, every_s=self.every_s,
-                                 echo=not bar)
-
-    def _report(self, trainer: L.Trainer, final: bool = False) -> None:
-        if self.progress is not None:
-            metric, value = first_metric(trainer.callback_metrics, self.metrics)
-            self.progress.update(trainer.global_step, metric, value, final=final)
-
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
-        self._report(trainer)
-
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._report(trainer, final=True)
 
 
 class Board:

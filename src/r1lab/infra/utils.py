@@ -5,12 +5,14 @@ import functools
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import huggingface_hub
+import huggingface_hub.constants
 import hydra
-from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
+
+if TYPE_CHECKING:   # r1lab.eval and r1lab.sample start without importing Lightning
+    from lightning.pytorch.loggers import Logger
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -59,7 +61,7 @@ def instantiate_each(group: DictConfig | None) -> list:
     return [hydra.utils.instantiate(c) for c in (group or {}).values() if c and "_target_" in c]
 
 
-def log_config(cfg: DictConfig, loggers: list[Logger]) -> None:
+def log_config(cfg: DictConfig, loggers: list["Logger"]) -> None:
     """Record the resolved run config as the run's hyperparameters in every logger."""
     params = {k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
               for k, v in cfg.items() if k != "hydra"}

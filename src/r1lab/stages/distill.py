@@ -20,7 +20,7 @@ from transformers import AutoConfig
 
 from r1lab.infra.hf import check_model_dir, load_model
 from r1lab.infra.peft import LoraConfig
-from r1lab.stages.sft import SFTModule
+from r1lab.stages.sft import Loss, SFTModule
 
 
 def _kl(log_a: torch.Tensor, log_b: torch.Tensor) -> torch.Tensor:
@@ -146,13 +146,13 @@ class DistillModule(SFTModule):
             self.teacher.eval()
         return self
 
-    def _loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-        out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
-        mask = batch["labels"][:, 1:] != -100                                            # [N, T]: assistant tokens
+    def _part_loss(self, part: dict[str, torch.Tensor]) -> Loss:
+        out = self.model(input_ids=part["input_ids"], attention_mask=part["attention_mask"], labels=part["labels"])
+        mask = part["labels"][:, 1:] != -100                                             # [N, T]: assistant tokens
         if self.teacher is None:
             return out.loss, mask.sum(), {"ce": out.loss.detach()}
         with torch.no_grad():
-            teacher_logits = self.teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            teacher_logits = self.teacher(input_ids=part["input_ids"], attention_mask=part["attention_mask"]).logits
         kd = self.hparams.kd_loss(out.logits[:, :-1], teacher_logits[:, :-1], mask,    # [N, T, V] each
                                   temperature=self.hparams.kd_temperature)
         w = self.hparams.kd_weight

@@ -16,6 +16,27 @@ from r1lab.infra.hf import check_model_dir, load_model, load_tokenizer
 from r1lab.infra.optim import lightning_optimizers
 from r1lab.infra.peft import LoraConfig, apply_peft
 
+Batch = dict[str, torch.Tensor] | list[dict[str, torch.Tensor]]   # input_ids, attention_mask, labels [B, T]; or parts
+Loss = tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]  # token mean, its number of tokens, terms to log
+
+
+def token_weighted(parts: list[Loss]) -> Loss:
+    """Token means of a batch's parts -> the token mean of the whole batch (each term likewise); a part without
+    target tokens adds nothing.
+
+    >>> loss, n, terms = token_weighted([(torch.tensor(1.0), torch.tensor(3), {"ce": torch.tensor(1.0)}),
+    ...                                  (torch.tensor(5.0), torch.tensor(1), {"ce": torch.tensor(5.0)}),
+    ...                                  (torch.tensor(float("nan")), torch.tensor(0), {"ce": torch.tensor(0.0)})])
+    >>> loss.item(), n.item(), terms["ce"].item()
+    (2.0, 4, 2.0)
+    """
+    if len(parts) == 1:
+        return parts[0]
+    parts = [p for p in parts if p[1] > 0]
+    n = sum(p[1] for p in parts)
+    return (sum(loss * k for loss, k, _ in parts) / n, n,
+            {name: sum(terms[name] * k for _, k, terms in parts) / n for name in parts[0][2]})
+
 
 class SFTModule(L.LightningModule):
     def __init__(self, model_path: str, optimizer: partial, scheduler: partial | None = None, dtype: str = "float32",
@@ -35,13 +56,19 @@ class SFTModule(L.LightningModule):
         if self.hparams.gradient_checkpointing:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
-    def _loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    def _loss(self, batch: Batch) -> Loss:
         """Mean token cross-entropy, the number of target tokens it averages over, and named terms of the loss to log
-        beside it (none here; `r1lab.stages.distill.DistillModule` adds its ce and kd)."""
-        out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
-        return out.loss, (batch["labels"][:, 1:] != -100).sum(), {}
+        beside it. A batch in parts (each padded to its own longest row: data_modules/rejection.py) is the mean
+        over all the parts' tokens."""
+        parts = batch if isinstance(batch, list) else [batch]
+        return token_weighted([self._part_loss(part) for part in parts])
 
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def _part_loss(self, part: dict[str, torch.Tensor]) -> Loss:
+        """`_loss` of one padded tensor batch (`r1lab.stages.distill.DistillModule` adds its ce and kd terms)."""
+        out = self.model(input_ids=part["input_ids"], attention_mask=part["attention_mask"], labels=part["labels"])
+        return out.loss, (part["labels"][:, 1:] != -100).sum(), {}
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         loss, n_tokens, terms = self._loss(batch)
         now = time.perf_counter()
         if self._last_step_time is not None:  # tokens/s over the whole step: data, forward, backward, optimizer
@@ -54,7 +81,7 @@ class SFTModule(L.LightningModule):
     def on_train_epoch_start(self) -> None:
         self._last_step_time = None  # validation time is not training throughput
 
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
         loss, n_tokens, terms = self._loss(batch)
         n_tokens = int(n_tokens)
         self.log_dict({f"val/{k}": v for k, v in terms.items()}, on_epoch=True, batch_size=n_tokens, sync_dist=True)
