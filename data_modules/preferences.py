@@ -10,8 +10,9 @@ and 0: the layout `r1lab.stages.reward_model.bradley_terry_loss` pairs up. `Poin
 (prompt, response, label) rows, label 1 for good (or safe), 0 for bad (soft labels in between allowed).
 Rows come through r1lab.data.io.read_rows (jsonl, parquet, `datasets`; `columns_map` renames), so a bad row fails with
 file, line and field; a row (a pair, if either side is) longer than `max_length` tokens is dropped and counted, never
-truncated. Batches are length-bucketed (a random pair of lengths 40 and 180 wastes most of a batch on padding);
-everything is tokenised up front in `setup()`.
+truncated. Pair batches are length-bucketed (a random pair of lengths 40 and 180 wastes most of a batch on padding);
+batches of labelled responses are not: where length tells the labels apart, they would often hold one label
+(docs/LOG.md). Everything is tokenised up front in `setup()`.
 """
 
 from collections.abc import Sequence
@@ -25,6 +26,7 @@ from torch.utils.data import DataLoader
 from data_modules.common import SplitLoaders, bucketed_loader
 from r1lab.data.encode import encode_chat, pad_right
 from r1lab.data.io import DataError, read_rows
+from r1lab.infra.resume import ResumableDataLoader
 
 Files = str | Sequence[str]
 
@@ -61,6 +63,7 @@ class PreferenceDataModule(SplitLoaders, LightningDataModule):
 
     columns = {"prompt": str, "chosen": str, "rejected": str}
     nonempty = ("prompt", "chosen", "rejected")
+    bucketed = True   # every pair holds both labels, so batches of similar lengths stay balanced
 
     def __init__(self, train_files: Files, val_files: Files | None, tokenizer_path: str, max_length: int = 512,
                  batch_size: int = 16, num_workers: int = 0, columns_map: dict[str, str] | None = None, seed: int = 0,
@@ -96,10 +99,15 @@ class PreferenceDataModule(SplitLoaders, LightningDataModule):
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         if split not in self.examples:
             raise RuntimeError(f"{type(self).__name__}: call setup() before asking for the {split} dataloader")
-        data = self.examples[split]   # a batch pads every response to its longest: bucket by each row's longest
+        data = self.examples[split]
         collate = partial(preference_batch, pad_id=self.tokenizer.pad_token_id)
-        return bucketed_loader(data, [max(map(len, e["input_ids"])) for e in data], self.batch_size, shuffle,
-                               self.seed, self.num_workers, collate)
+        if self.bucketed:   # a batch pads every response to its longest: bucket by each example's longest
+            return bucketed_loader(data, [max(map(len, e["input_ids"])) for e in data], self.batch_size, shuffle,
+                                   self.seed, self.num_workers, collate)
+        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
+        loader = ResumableDataLoader if shuffle else DataLoader  # a training loader's position is checkpointed
+        return loader(data, batch_size=self.batch_size, shuffle=shuffle, generator=generator,
+                      num_workers=self.num_workers, collate_fn=collate)
 
 
 
@@ -108,6 +116,7 @@ class PointwisePreferenceDataModule(PreferenceDataModule):
 
     columns = {"prompt": str, "response": str, "label": LABEL}
     nonempty = ("prompt", "response")
+    bucketed = False  # length tells the labels apart here: bucketed batches would often hold one label
 
     def encode(self, row: dict) -> dict:
         return {"input_ids": [encode_chat(self.tokenizer, row["prompt"], row["response"])[0]],

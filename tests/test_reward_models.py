@@ -144,6 +144,29 @@ def test_preference_batches_hold_chosen_then_rejected(tmp_path, tokenizer_dir):
     assert all(m[: int(m.sum())].all() for m in batch["attention_mask"])   # right padding
 
 
+def test_pair_batches_are_length_bucketed_and_labelled_batches_keep_both_labels(tmp_path, tokenizer_dir):
+    """Pairs of one length go together (padding costs the reward model's step); labelled responses whose length gives
+    the label away stay shuffled, so a batch still holds both labels."""
+    words = [1 + (7 * i) % 40 for i in range(64)]                          # 64 lengths, scrambled
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": f"q{i}", "chosen": "good " * n, "rejected": "bad " * n}
+                                                  for i, n in enumerate(words)])
+    data = PreferenceDataModule(str(pairs), None, str(tokenizer_dir), batch_size=8)
+    data.setup("fit")
+    spread = []
+    for batch in data.train_dataloader():                                  # B chosen rows, then their B rejected rows
+        lengths = batch["attention_mask"].sum(1).view(2, -1).max(0).values  # [B]: the longer side of each pair
+        spread.append(int(lengths.max() - lengths.min()))
+    tokens = [max(map(len, e["input_ids"])) for e in data.examples["train"]]   # in the file's scrambled order
+    unsorted = [max(tokens[i:i + 8]) - min(tokens[i:i + 8]) for i in range(0, 64, 8)]
+    assert sum(spread) * 3 < sum(unsorted), (spread, unsorted)
+    labelled = write_jsonl(tmp_path / "labelled.jsonl", [{"prompt": f"q{i}", "response": "no " * (1 + i % 4) if i % 2
+                                                          else "yes " * (20 + i % 7), "label": i % 2}
+                                                         for i in range(64)])
+    data = PointwisePreferenceDataModule(str(labelled), None, str(tokenizer_dir), batch_size=8)
+    data.setup("fit")
+    assert all(0 < b["labels"].mean() < 1 for b in data.train_dataloader())
+
+
 def test_mixed_prompts_batches_hold_both_kinds(tmp_path):
     reasoning = write_jsonl(tmp_path / "r.jsonl", [{"id": f"r{i}", "prompt": f"{i} + 1?", "answer": i + 1,
                                                     "task": "arithmetic" if i % 2 else "countdown", "numbers": [i, 1]}
