@@ -1,7 +1,8 @@
 """Padding in the demo's batches and what it costs, side by side in one run: the first `--steps` training batches of
-rejection SFT (rows in random order and padded together, as before, or reasoning rows length-bucketed and each kind
-padded apart, as now) and of the two reward models (rows in random order, as before, or length-bucketed, as now),
-each timed as a training step of the module that trains on it (forward, backward, AdamW), the layouts interleaved.
+rejection SFT (the same rows padded together, as before, or its reasoning and general rows padded apart, as now) and
+of the helpfulness reward model (pairs in random order, as before, or length-bucketed, as now), each timed as a
+training step of the module that trains on it (forward, backward, AdamW), the layouts interleaved. The harmlessness
+reward model's labelled rows stay shuffled (data_modules/preferences.py).
 
 Usage (after `make demo`): .venv/bin/python bench/padding.py [--run-dir artifacts/demo] [--world artifacts/world]
     [--steps 20]
@@ -20,11 +21,10 @@ sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).pa
 import torch
 from torch.utils.data import DataLoader
 
-from data_modules import PointwisePreferenceDataModule, PreferenceDataModule, RejectionSampledDataModule
+from data_modules import PreferenceDataModule, RejectionSampledDataModule
 from data_modules.preferences import preference_batch
-from data_modules.rejection import MixedBatchSampler
 from r1lab.data.encode import pad_batch
-from r1lab.stages.reward_model import RewardModelModule, bradley_terry_loss, pointwise_loss
+from r1lab.stages.reward_model import RewardModelModule, bradley_terry_loss
 from r1lab.stages.sft import SFTModule
 
 
@@ -62,29 +62,24 @@ def workloads(run_dir: Path, world: Path, steps: int) -> dict:
     sft = RejectionSampledDataModule(str(run_dir / "rejection_sampling"), str(world / "general_sft" / "train.jsonl"),
                                      model)
     sft.setup("fit")
-    loader = sft.train_dataloader()
-    plain = MixedBatchSampler(len(sft.examples["train"]), len(sft.examples["general"]), sft.batch_size, sft.ratio)
-    together = [pad_batch([loader.dataset[i] for i in rows], sft.tokenizer.pad_token_id)
-                for rows, _ in zip(plain, range(steps))]
-    apart = [b for b, _ in zip(loader, range(steps))]
+    loader = sft.train_dataloader()   # the same rows both ways: the sampler's first `steps` batches
+    rows = [[loader.dataset[i] for i in batch] for batch, _ in zip(loader.batch_sampler, range(steps))]
+    together = [pad_batch(r, sft.tokenizer.pad_token_id) for r in rows]
+    apart = [loader.collate_fn(r) for r in rows]
     module = SFTModule(model, partial(torch.optim.AdamW))
     module.configure_model()
     out["rejection SFT (16 rows: 12 reasoning + 4 general)"] = (
-        sft_step, module, {"random order, padded together": together, "bucketed, kinds padded apart": apart})
-    for name, cls, loss, file in (("helpfulness RM (16 pairs)", PreferenceDataModule, bradley_terry_loss,
-                                   "helpfulness_train.jsonl"),
-                                  ("harmlessness RM (16 rows)", PointwisePreferenceDataModule, pointwise_loss,
-                                   "harmlessness_train.jsonl")):
-        data = cls(str(world / "preferences" / file), None, model)
-        data.setup("fit")
-        collate = partial(preference_batch, pad_id=data.tokenizer.pad_token_id)
-        shuffled = DataLoader(data.examples["train"], batch_size=data.batch_size, shuffle=True, collate_fn=collate,
-                              generator=torch.Generator().manual_seed(0))
-        layouts = {"random order": [b for b, _ in zip(shuffled, range(steps))],
-                   "length-bucketed": [b for b, _ in zip(data.train_dataloader(), range(steps))]}
-        module = RewardModelModule(model, partial(torch.optim.AdamW), loss)
-        module.configure_model()
-        out[name] = (rm_step, module, layouts)
+        sft_step, module, {"padded together": together, "reasoning and general padded apart": apart})
+    data = PreferenceDataModule(str(world / "preferences" / "helpfulness_train.jsonl"), None, model)
+    data.setup("fit")
+    collate = partial(preference_batch, pad_id=data.tokenizer.pad_token_id)
+    shuffled = DataLoader(data.examples["train"], batch_size=data.batch_size, shuffle=True, collate_fn=collate,
+                          generator=torch.Generator().manual_seed(0))
+    layouts = {"random order": [b for b, _ in zip(shuffled, range(steps))],
+               "length-bucketed": [b for b, _ in zip(data.train_dataloader(), range(steps))]}
+    module = RewardModelModule(model, partial(torch.optim.AdamW), bradley_terry_loss)
+    module.configure_model()
+    out["helpfulness RM (16 pairs)"] = (rm_step, module, layouts)
     return out
 
 

@@ -14,14 +14,13 @@ module set `trainer.use_distributed_sampler: false`, as Lightning cannot put a D
 `general_format` and `val_format` convert general and validation rows kept in another layout (data_modules/formats.py,
 e.g. `+data/format@data.general_format=messages_chat`); the shards are ours and read as they are.
 A training batch is two parts, its reasoning rows and its general rows, each padded to its own longest row
-(`pad_parts`; SFTModule weighs the parts' losses by their tokens, so the loss is the whole batch's token mean), and
-the reasoning rows are length-bucketed: padded together and in random order, ~30% of a batch's positions were padding
-(bench/RESULTS_padding.md).
+(`pad_parts`; SFTModule weighs the parts' losses by their tokens, so the loss is the whole batch's token mean): padded
+together, the short general rows made ~30% of a batch's positions padding (bench/RESULTS_padding.md).
+Simplifications: no length bucketing inside mixed batches (it changed which demo findings held: docs/LOG.md).
 """
 
 import json
 import math
-from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 
@@ -30,7 +29,6 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
 from data_modules.chat import ChatDataModule, Files
-from data_modules.common import bucket_batches
 from r1lab.data.encode import encode_chat_rows, pad_parts
 from r1lab.data.io import DataError, RowFormat, read_rows
 from r1lab.infra.resume import ResumableDataLoader
@@ -80,13 +78,11 @@ def data_parallel_rank(trainer) -> tuple[int, int]:
     return (0, 1) if kwargs is None else (kwargs["rank"], kwargs["num_replicas"])
 
 
-def mixed_loader(module, reasoning: list, general: list, collate_fn,
-                 lengths: Sequence[int] | None = None) -> DataLoader:
-    """A mixed module's training loader: this rank's batches of `module.ratio` reasoning rows to one general row
-    (the reasoning rows length-bucketed when their `lengths` are given)."""
+def mixed_loader(module, reasoning: list, general: list, collate_fn) -> DataLoader:
+    """A mixed module's training loader: this rank's batches of `module.ratio` reasoning rows to one general row."""
     rank, world_size = data_parallel_rank(module.trainer)
     batches = MixedBatchSampler(len(reasoning), len(general), module.batch_size, module.ratio, module.seed, rank,
-                                world_size, lengths)
+                                world_size)
     return ResumableDataLoader(reasoning + general, batch_sampler=batches, collate_fn=collate_fn,
                                num_workers=module.num_workers)
 
@@ -100,15 +96,14 @@ class MixedBatchSampler:
     `world_size`-th row from its `rank`-th: the ranks' shares are disjoint and differ in size by one row at most. A
     rank then passes once over its reasoning share in its own order (its last batch topped up from a fresh
     permutation of the share) and cycles its general share; every rank yields len(self) batches, so DDP's
-    collectives stay in step. One rank of one is the single-process sampler. With `lengths` (of the reasoning rows),
-    a rank's reasoning rows are length-bucketed (`bucket_batches`, in that same order) before its batches are made.
+    collectives stay in step. One rank of one is the single-process sampler.
 
     Not a `BatchSampler`: under DDP, Lightning would put a DistributedSampler over `reasoning + general` into one,
     which splits the kinds unevenly across ranks (unequal batch counts: a hang); this sampler splits them itself.
     """
 
     def __init__(self, n_reasoning: int, n_general: int, batch_size: int, ratio: float, seed: int = 0,
-                 rank: int = 0, world_size: int = 1, lengths: Sequence[int] | None = None):
+                 rank: int = 0, world_size: int = 1):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not one of world_size={world_size} ranks")
         if min(n_reasoning, n_general) < world_size:
@@ -117,9 +112,6 @@ class MixedBatchSampler:
         self.n_reasoning, self.n_general, self.rank, self.world_size = n_reasoning, n_general, rank, world_size
         self.per_reasoning, self.per_general = split_batch(batch_size, ratio)
         self.generator = torch.Generator().manual_seed(seed)
-        if lengths is not None and len(lengths) != n_reasoning:
-            raise ValueError(f"{len(lengths)} lengths for {n_reasoning} reasoning rows")
-        self.lengths = lengths
 
     def __len__(self) -> int:
         return math.ceil(math.ceil(self.n_reasoning / self.world_size) / self.per_reasoning)
@@ -135,8 +127,6 @@ class MixedBatchSampler:
         own = torch.Generator().manual_seed(epoch_seed + 1 + self.rank)     # this rank's order and top-ups
         r = self._rank_rows(self.n_reasoning, len(self) * self.per_reasoning, shared, own)
         g = self._rank_rows(self.n_general, len(self) * self.per_general, shared, own)
-        if self.lengths is not None:
-            r = [i for batch in bucket_batches(r, self.lengths, self.per_reasoning, generator=own) for i in batch]
         for b in range(len(self)):
             general = g[b * self.per_general:(b + 1) * self.per_general]
             yield r[b * self.per_reasoning:(b + 1) * self.per_reasoning] + [self.n_reasoning + i for i in general]
@@ -203,5 +193,4 @@ class RejectionSampledDataModule(ChatDataModule):
             raise RuntimeError(f"{type(self).__name__}: call setup() before asking for the train dataloader")
         return mixed_loader(self, self.examples["train"], self.examples["general"],
                             partial(pad_parts, pad_id=self.tokenizer.pad_token_id,
-                                    sizes=split_batch(self.batch_size, self.ratio)),
-                            lengths=[len(e["input_ids"]) for e in self.examples["train"]])
+                                    sizes=split_batch(self.batch_size, self.ratio)))

@@ -121,8 +121,7 @@ def batches(loader) -> list[list[int]]:
     return [b.tolist() if torch.is_tensor(b) else list(b) for b in loader]
 
 
-@pytest.mark.parametrize("kind", ["random_sampler", "bucket_batch_sampler", "mixed_batch_sampler",
-                                  "mixed_bucketed"])
+@pytest.mark.parametrize("kind", ["random_sampler", "bucket_batch_sampler", "mixed_batch_sampler"])
 def test_resumable_loader_continues_mid_epoch_and_at_epoch_end(kind):
     from torch.utils.data import RandomSampler
 
@@ -133,11 +132,9 @@ def test_resumable_loader_continues_mid_epoch_and_at_epoch_end(kind):
         torch.manual_seed(seed)  # only the first run's seed matters: a loaded position overrides it
         if kind == "random_sampler":
             return ResumableDataLoader(list(range(20)), batch_size=3, shuffle=True)
-        if kind.startswith("mixed"):  # rank 1 of 2: 7 of 14 reasoning rows, 3 of 6 general ones
+        if kind == "mixed_batch_sampler":  # rank 1 of 2: 7 of 14 reasoning rows, 3 of 6 general ones
             from data_modules.rejection import MixedBatchSampler
-            lengths = [i % 5 for i in range(14)] if kind == "mixed_bucketed" else None
-            return ResumableDataLoader(list(range(20)),
-                                       batch_sampler=MixedBatchSampler(14, 6, 4, 3.0, seed, 1, 2, lengths),
+            return ResumableDataLoader(list(range(20)), batch_sampler=MixedBatchSampler(14, 6, 4, 3.0, seed, 1, 2),
                                        collate_fn=lambda rows: rows)
         data = list(range(20))
         sampler = RandomSampler(data, generator=torch.Generator().manual_seed(seed))
