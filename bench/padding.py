@@ -4,12 +4,13 @@ of the helpfulness reward model (pairs in random order, as before, or length-buc
 training step of the module that trains on it (forward, backward, AdamW), the layouts interleaved. The harmlessness
 reward model's labelled rows stay shuffled (data_modules/preferences.py).
 
-Usage (after `make demo`): .venv/bin/python bench/padding.py [--run-dir artifacts/demo] [--world artifacts/world]
-    [--steps 20]
+Usage (after `make demo`; OMP_NUM_THREADS=1 times a demo stage that runs beside another):
+    OMP_NUM_THREADS=1 .venv/bin/python bench/padding.py [--run-dir artifacts/demo] [--world artifacts/world] [--steps 20]
 Writes the table to stdout and bench/RESULTS_padding.md.
 """
 
 import argparse
+import os
 import platform
 import sys
 import time
@@ -105,8 +106,9 @@ def main() -> None:
                         f"{best * 1000:.0f} | {base / best:.2f}x |")
     table = "\n".join(["| workload | batches | positions/batch | padding | ms/step | speed |",
                        "|---|---|---|---|---|---|", *rows])
+    threads = f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} " if "OMP_NUM_THREADS" in os.environ else ""
     header = (f"# Padding in the demo's batches (bench/padding.py)\n\n"
-              f"Command: `.venv/bin/python bench/padding.py --steps {args.steps}`  \n"
+              f"Command: `{threads}.venv/bin/python bench/padding.py --steps {args.steps}`  \n"
               f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; torch {torch.__version__}, "
               f"{torch.get_num_threads()} threads, {platform.machine()}  \n"
               f"Data: {args.run_dir} (rejection sampling's kept samples, the base model) and {args.world}; the first "
