@@ -32,10 +32,13 @@ def token_weighted(parts: list[Loss]) -> Loss:
     """
     if len(parts) == 1:
         return parts[0]
-    parts = [p for p in parts if p[1] > 0]
-    n = sum(p[1] for p in parts)
-    return (sum(loss * k for loss, k, _ in parts) / n, n,
-            {name: sum(terms[name] * k for _, k, terms in parts) / n for name in parts[0][2]})
+    counts = [k for _, k, _ in parts]
+    n = sum(counts)
+
+    def mean(values: list[torch.Tensor]) -> torch.Tensor:   # an empty part's NaN weighs 0, with no GPU sync
+        return sum(torch.where(k > 0, v, 0.0) * k for v, k in zip(values, counts)) / n
+
+    return mean([p[0] for p in parts]), n, {name: mean([p[2][name] for p in parts]) for name in parts[0][2]}
 
 
 class SFTModule(L.LightningModule):
