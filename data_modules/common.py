@@ -66,6 +66,16 @@ class BucketBatchSampler(BatchSampler):
                                   self.generator if self.shuffle else None)
 
 
+def plain_loader(data: Sequence, batch_size: int, shuffle: bool, seed: int, num_workers: int,
+                 collate_fn: Callable) -> DataLoader:
+    """A loader of `data` in batches of `batch_size`. Training (`shuffle`) draws a seeded random order and keeps its
+    place in a checkpoint; validation reads in order."""
+    generator = torch.Generator().manual_seed(seed) if shuffle else None
+    loader = ResumableDataLoader if shuffle else DataLoader  # a training loader's position is checkpointed
+    return loader(data, batch_size=batch_size, shuffle=shuffle, generator=generator, num_workers=num_workers,
+                  collate_fn=collate_fn)
+
+
 def bucketed_loader(data: Sequence, lengths: Sequence[int], batch_size: int, shuffle: bool, seed: int,
                     num_workers: int, collate_fn: Callable) -> DataLoader:
     """A loader of length-bucketed batches of `data` (`lengths[i]`: the positions row i pads its batch to). Training

@@ -23,10 +23,9 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
-from data_modules.common import SplitLoaders, bucketed_loader
+from data_modules.common import SplitLoaders, bucketed_loader, plain_loader
 from r1lab.data.encode import encode_chat, pad_right
 from r1lab.data.io import DataError, read_rows
-from r1lab.infra.resume import ResumableDataLoader
 
 Files = str | Sequence[str]
 
@@ -104,10 +103,7 @@ class PreferenceDataModule(SplitLoaders, LightningDataModule):
         if self.bucketed:   # a batch pads every response to its longest: bucket by each example's longest
             return bucketed_loader(data, [max(map(len, e["input_ids"])) for e in data], self.batch_size, shuffle,
                                    self.seed, self.num_workers, collate)
-        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
-        loader = ResumableDataLoader if shuffle else DataLoader  # a training loader's position is checkpointed
-        return loader(data, batch_size=self.batch_size, shuffle=shuffle, generator=generator,
-                      num_workers=self.num_workers, collate_fn=collate)
+        return plain_loader(data, self.batch_size, shuffle, self.seed, self.num_workers, collate)
 
 
 

@@ -16,9 +16,8 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
-from data_modules.common import SplitLoaders
+from data_modules.common import SplitLoaders, plain_loader
 from r1lab.data.io import DataError, read_rows
-from r1lab.infra.resume import ResumableDataLoader
 
 Files = str | Sequence[str]
 
@@ -83,8 +82,5 @@ class TextDataModule(SplitLoaders, LightningDataModule):
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         if split not in self.blocks:
             raise RuntimeError(f"TextDataModule: call setup() before asking for the {split} dataloader")
-        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
-        loader = ResumableDataLoader if shuffle else DataLoader  # a training loader's position is checkpointed
-        return loader(self.blocks[split], batch_size=self.batch_size, shuffle=shuffle, generator=generator,
-                          num_workers=self.num_workers, collate_fn=block_batch)
+        return plain_loader(self.blocks[split], self.batch_size, shuffle, self.seed, self.num_workers, block_batch)
 
